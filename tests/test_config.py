@@ -1,0 +1,50 @@
+"""Fast mode, device choice and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import dlai_diffusion as dd
+from dlai_diffusion import config
+
+
+def test_pytest_runs_the_course_in_fast_mode():
+    assert dd.FAST, "conftest.py sets DLAI_FAST=1 unless the caller chose otherwise"
+
+
+@pytest.mark.parametrize("value, fast", [("1", True), ("true", True), ("0", False), ("", False)])
+def test_fast_or_follows_the_environment(monkeypatch, value, fast):
+    monkeypatch.setenv("DLAI_FAST", value)
+    assert dd.fast_or(full=20_000, fast=50) == (50 if fast else 20_000)
+
+
+def test_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert dd.device() == torch.device("cpu")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert dd.device() == torch.device("mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dd.device() == torch.device("cuda")
+
+
+def test_seed_everything_makes_every_rng_repeat():
+    def draw():
+        gen = dd.seed_everything(123)
+        return (
+            random.random(),
+            np.random.rand(),
+            torch.rand(1).item(),
+            torch.rand(1, generator=gen).item(),
+        )
+
+    assert draw() == draw()
+
+
+def test_seed_must_be_an_int():
+    with pytest.raises(TypeError, match="seed"):
+        config.seed_everything(1.5)
