@@ -13,8 +13,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import exercises
+    from . import exercises, runs
 
+    runs.add_parsers(sub)
     exercises.add_parser(sub)
     return parser
 
