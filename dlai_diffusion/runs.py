@@ -6,6 +6,7 @@ source* (:func:`data_source`) is a toy dataset, ``mnist`` or ``cifar10``. A run 
 holds everything a run produced::
 
     RUN/config.json        what was asked (model, data, steps, options, seed) and where it ran
+    RUN/history.json       the loss history and the training time
     RUN/checkpoint.pt      weights, EMA, optimiser, step, RNG (resumable; weights_only loading)
     RUN/samples.png        a scatter against the truth (2D) or an image grid
     RUN/samples.pt         the samples drawn by the last ``sample`` or ``evaluate``
