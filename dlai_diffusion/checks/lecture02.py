@@ -19,6 +19,7 @@ from torch import Tensor
 from .. import score_matching as _sm
 from ..nets import ScoreMLP
 from ..toy import GaussianMixture
+from . import call_student
 
 __all__ = ["exact_score_matching_loss", "hutchinson_trace", "sliced_score_matching_loss"]
 
@@ -29,18 +30,16 @@ _F64 = torch.float64
 
 
 def _call(fn, *args, **kwargs):
-    """Call the student's function; a stub that is not filled in fails with a clear message."""
-    name = getattr(fn, "__name__", "the function")
+    """:func:`call_student`, plus a clear message for a graph differentiated twice."""
     try:
-        return fn(*args, **kwargs)
-    except NotImplementedError:
-        raise AssertionError(f"{name} is not implemented yet: replace the stub") from None
+        return call_student(fn, *args, **kwargs)
     except RuntimeError as error:
         if "second time" not in str(error):
             raise
         raise AssertionError(
-            f"{name} differentiates the same graph twice: pass create_graph=True (the loss is "
-            "trained, so keep it differentiable) or retain_graph=True to torch.autograd.grad"
+            f"{getattr(fn, '__name__', 'the function')} differentiates the same graph twice: "
+            "pass create_graph=True (the loss is trained, so keep it differentiable) or "
+            "retain_graph=True to torch.autograd.grad"
         ) from error
 
 
