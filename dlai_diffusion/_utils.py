@@ -19,6 +19,7 @@ matters, pass a generator that lives on the GPU (``torch.Generator(device="cuda"
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -106,3 +107,16 @@ def draw_categorical(
     source = probs.device if generator is None else generator.device
     labels = torch.multinomial(probs.to(source), n, replacement=True, generator=generator)
     return labels.to(target)
+
+
+def positive_int(value: object, name: str = "n") -> int:
+    """``value`` as a positive int, or a ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a positive int, got a bool")
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive int, got {number}")
+    return number

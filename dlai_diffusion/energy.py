@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import operator
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ import torch
 from scipy.special import ive
 from torch import Tensor
 
+from ._utils import positive_int as _count
 from .toy import GaussianMixture, eight_gaussians
 
 __all__ = [
@@ -91,19 +91,6 @@ def _number(value: object, name: str, *, positive: bool = True) -> float:
         raise ValueError(
             f"{name} must be a finite number{' > 0' if positive else ''}, got {number}"
         )
-    return number
-
-
-def _count(value: object, name: str) -> int:
-    """A positive int, or a clear error."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got a bool")
-    try:
-        number = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}") from None
-    if number < 1:
-        raise ValueError(f"{name} must be a positive int, got {number}")
     return number
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._utils import draw_normal
+from ._utils import positive_int as _positive_int
 
 __all__ = [
     "LENET_WEIGHTS",
@@ -96,18 +96,6 @@ def _pair(x: object, y: object) -> tuple[Tensor, Tensor]:
         )
     dtype = torch.promote_types(x.dtype, y.dtype)
     return x.to(dtype), y.to(device=x.device, dtype=dtype)
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 def _resolve_generator(

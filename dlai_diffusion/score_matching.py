@@ -33,13 +33,13 @@ matrix for Laplacian smoothing splines".
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from ._utils import draw_normal, draw_uniform
+from ._utils import positive_int as _count
 
 __all__ = [
     "dsm_loss",
@@ -79,18 +79,6 @@ def _check_output(out: object, x: Tensor, name: str) -> Tensor:
             f"{name} must return a tensor of the shape of x {tuple(x.shape)}, got {got}"
         )
     return out
-
-
-def _count(value: object, name: str) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a positive int, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:

@@ -46,13 +46,13 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
 from ._utils import draw_categorical, draw_normal, draw_uniform
+from ._utils import positive_int as _count
 
 __all__ = [
     "DATASETS",
@@ -72,19 +72,6 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _count(n: object, name: str = "n") -> int:
-    """``n`` as a positive int, or a clear error."""
-    if isinstance(n, bool):
-        raise TypeError(f"{name} must be a positive int, got a bool")
-    try:
-        value = operator.index(n)
-    except TypeError:
-        raise TypeError(f"{name} must be a positive int, got {type(n).__name__}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return value
 
 
 def _scalar(value: object, name: str, *, positive: bool) -> float:

@@ -15,15 +15,6 @@ from dlai_diffusion import toy
 from dlai_diffusion.checks import lecture02 as check
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and oversubscribed cores slow them down a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _exact(score_fn, x):
     return sm.exact_score_matching_loss(score_fn, x)
 

@@ -10,15 +10,6 @@ import torch
 from dlai_diffusion.checks import lecture03 as check
 from dlai_diffusion.score_matching import dsm_loss as package_dsm_loss
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------- answers
 
 

@@ -17,15 +17,6 @@ MEAN = torch.tensor([1.0, -0.5], dtype=DTYPE)
 COV = torch.tensor([[1.0, 0.5], [0.5, 0.6]], dtype=DTYPE)  # eigenvalues 1.34 and 0.26
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and oversubscribed cores slow them down a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
