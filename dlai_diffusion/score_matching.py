@@ -17,6 +17,7 @@ function                               what it computes
 :func:`dsm_loss`                       denoising score matching at one noise level (Eq. 12-17)
 :func:`jacobian_trace`,                the divergence of a vector field: exact, or Hutchinson's
 :func:`hutchinson_trace`               unbiased estimate (reused for likelihoods of flows)
+:func:`score_error`                    per-point (relative) error of a score against the truth
 =====================================  =======================================================
 
 Batches: the traces differentiate the sum over the batch of one output coordinate, which gives
