@@ -41,7 +41,7 @@ from .train import CHECKPOINT_NAME, load_checkpoint, random_batches, train
 
 IMAGE_DATA = ("mnist", "cifar10")
 
-_LECTURE_MODULES = ("score_matching",)
+_LECTURE_MODULES = ("score_matching", "ddpm", "dpm")
 """Modules whose import registers their models; each lecture adds its own."""
 
 
