@@ -18,15 +18,6 @@ MEAN = torch.tensor([1.0, -0.5], dtype=DTYPE)
 PRECISION = torch.tensor([[2.0, -0.8], [-0.8, 1.5]], dtype=DTYPE)  # A, covariance A^-1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and oversubscribed cores slow them down a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -5,6 +5,20 @@ either prints a short confirmation or raises ``AssertionError`` saying what is w
 """
 
 
+def checked_tensor(value, what: str, shape: tuple[int, ...]):
+    """``value`` if it is a finite torch tensor of the given shape; else a helpful failure."""
+    import torch
+
+    assert isinstance(value, torch.Tensor), (
+        f"{what} should be a torch tensor, got {type(value).__name__}"
+    )
+    assert tuple(value.shape) == shape, (
+        f"{what} should have shape {shape}, got {tuple(value.shape)}"
+    )
+    assert torch.isfinite(value).all(), f"{what} contains NaN or inf"
+    return value
+
+
 def call_student(fn, *args, **kwargs):
     """Call the student's function; an unfilled stub fails with a clear ``AssertionError``."""
     try:

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..nets import ScoreMLP
 from ..toy import GaussianMixture
 from . import call_student as _call
+from . import checked_tensor as _tensor
 
 __all__ = [
     "dsm_loss",
@@ -34,15 +35,6 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-
-
-def _tensor(value: object, what: str, shape: tuple[int, ...]) -> Tensor:
-    assert isinstance(value, Tensor), f"{what} should be a torch tensor, got {type(value).__name__}"
-    assert tuple(value.shape) == shape, (
-        f"{what} should have shape {shape}, got {tuple(value.shape)}"
-    )
-    assert torch.isfinite(value).all(), f"{what} contains NaN or inf"
-    return value
 
 
 def _close(a: Tensor, b: Tensor, rtol: float = 1e-5, atol: float = 1e-7) -> bool:

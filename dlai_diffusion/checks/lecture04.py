@@ -22,20 +22,12 @@ from torch import Tensor
 
 from ..toy import GaussianMixture
 from . import call_student as _call
+from . import checked_tensor as _tensor
 
 __all__ = ["contrastive_divergence_loss", "langevin_step_energy", "sample_from_buffer"]
 
 _F64 = torch.float64
 _Z = 4.5  # statistical tolerance in standard errors
-
-
-def _tensor(value: object, what: str, shape: tuple[int, ...]) -> Tensor:
-    assert isinstance(value, Tensor), f"{what} should be a torch tensor, got {type(value).__name__}"
-    assert tuple(value.shape) == shape, (
-        f"{what} should have shape {shape}, got {tuple(value.shape)}"
-    )
-    assert torch.isfinite(value).all(), f"{what} contains NaN or inf"
-    return value
 
 
 def _hint(got: Tensor, candidates: dict[str, Tensor], default: str) -> str:

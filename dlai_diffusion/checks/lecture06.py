@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from . import call_student as _call
+from . import checked_tensor as _tensor
 
 __all__ = [
     "diffusion_kernel",
@@ -32,15 +33,6 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-
-
-def _tensor(value: object, what: str, shape: tuple[int, ...]) -> Tensor:
-    assert isinstance(value, Tensor), f"{what} should be a torch tensor, got {type(value).__name__}"
-    assert tuple(value.shape) == shape, (
-        f"{what} should have shape {shape}, got {tuple(value.shape)}"
-    )
-    assert torch.isfinite(value).all(), f"{what} contains NaN or inf"
-    return value
 
 
 def _close(a: Tensor, b: Tensor, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
