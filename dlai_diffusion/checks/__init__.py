@@ -5,6 +5,39 @@ either prints a short confirmation or raises ``AssertionError`` saying what is w
 """
 
 
+def as_float64(value, what: str):
+    """A torch or numpy answer (or a python number) as a float64 CPU tensor."""
+    import numpy as np
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", torch.float64)
+    try:
+        return torch.as_tensor(np.asarray(value, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise AssertionError(
+            f"{what} should be a torch tensor or numpy array, got {type(value).__name__}"
+        ) from None
+
+
+def close(a, b, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
+    """Whether two answers agree in float64 after broadcasting."""
+    import torch
+
+    a, b = torch.broadcast_tensors(
+        torch.as_tensor(a).to(torch.float64), torch.as_tensor(b).to(torch.float64)
+    )
+    return bool(torch.allclose(a, b, rtol=rtol, atol=atol))
+
+
+def name_mistake(got, candidates: dict, default: str, rtol: float = 1e-5) -> str:
+    """The first known mistake whose value matches ``got``, or ``default``."""
+    for mistake, value in candidates.items():
+        if close(got, value, rtol=rtol):
+            return mistake
+    return default
+
+
 def checked_tensor(value, what: str, shape: tuple[int, ...]):
     """``value`` if it is a finite torch tensor of the given shape; else a helpful failure."""
     import torch

@@ -10,28 +10,16 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from .. import energy as _energy
 from ..toy import GaussianMixture
+from . import as_float64 as _as_tensor
 from . import call_student as _call
 
 __all__ = ["bayes_update", "log_partition_2d", "mixture_energy"]
 
 _F64 = torch.float64
-
-
-def _as_tensor(value, what: str) -> torch.Tensor:
-    """A torch or numpy answer (or a python number) as a float64 tensor."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", _F64)
-    try:
-        return torch.as_tensor(np.asarray(value, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise AssertionError(
-            f"{what} should be a torch tensor or numpy array, got {type(value).__name__}"
-        ) from None
 
 
 def _mixtures() -> list[GaussianMixture]:

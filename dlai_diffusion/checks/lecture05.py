@@ -12,27 +12,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from ..toy import GaussianMixture, two_mode_mixture
+from . import as_float64 as _as_tensor
 from . import call_student as _call
 
 __all__ = ["annealed_langevin", "figure_2", "figure_3", "geometric_sigmas", "ncsn_loss"]
 
 _F64 = torch.float64
-
-
-def _as_tensor(value, what: str) -> torch.Tensor:
-    """A torch or numpy answer (or a python number) as a float64 tensor."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", _F64)
-    try:
-        return torch.as_tensor(np.asarray(value, dtype=np.float64))
-    except (TypeError, ValueError):
-        raise AssertionError(
-            f"{what} should be a torch tensor or numpy array, got {type(value).__name__}"
-        ) from None
 
 
 def _number(value, what: str) -> float:

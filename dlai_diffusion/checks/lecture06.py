@@ -23,6 +23,8 @@ from torch import Tensor
 
 from . import call_student as _call
 from . import checked_tensor as _tensor
+from . import close as _close
+from . import name_mistake as _hint
 
 __all__ = [
     "diffusion_kernel",
@@ -33,19 +35,6 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-
-
-def _close(a: Tensor, b: Tensor, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
-    a, b = torch.broadcast_tensors(torch.as_tensor(a).to(_F64), torch.as_tensor(b).to(_F64))
-    return bool(torch.allclose(a, b, rtol=rtol, atol=atol))
-
-
-def _hint(got: Tensor, candidates: dict[str, Tensor], default: str) -> str:
-    """The first known mistake whose value matches ``got``, or ``default``."""
-    for mistake, value in candidates.items():
-        if _close(got, value, rtol=1e-5):
-            return mistake
-    return default
 
 
 def _betas(T: int, low: float = 1e-3, high: float = 0.2) -> Tensor:

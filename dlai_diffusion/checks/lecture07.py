@@ -20,22 +20,12 @@ from torch import Tensor
 
 from ..nets import ScoreMLP
 from . import call_student as _call
+from . import close as _close
+from . import name_mistake as _hint
 
 __all__ = ["ancestral_step", "reference_ancestral_step", "reference_simple_loss", "simple_loss"]
 
 _F64 = torch.float64
-
-
-def _close(a: Tensor, b: Tensor, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
-    a, b = torch.broadcast_tensors(torch.as_tensor(a).to(_F64), torch.as_tensor(b).to(_F64))
-    return bool(torch.allclose(a, b, rtol=rtol, atol=atol))
-
-
-def _hint(got: Tensor, candidates: dict[str, Tensor], default: str) -> str:
-    for mistake, value in candidates.items():
-        if _close(got, value, rtol=1e-5):
-            return mistake
-    return default
 
 
 def _draw(shape: tuple[int, ...], seed: int, dtype: torch.dtype = _F64) -> Tensor:
