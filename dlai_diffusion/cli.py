@@ -13,10 +13,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from . import exercises, runs
+    from . import exercises, grading, runs
 
     runs.add_parsers(sub)
     exercises.add_parser(sub)
+    grading.add_parser(sub)
     return parser
 
 
