@@ -41,7 +41,7 @@ from .train import CHECKPOINT_NAME, load_checkpoint, random_batches, train
 
 IMAGE_DATA = ("mnist", "cifar10")
 
-_LECTURE_MODULES = ("score_matching", "ebm", "ncsn", "ddpm", "dpm")
+_LECTURE_MODULES = ("score_matching", "ebm", "ncsn", "ddpm", "dpm", "flow_matching")
 """Modules whose import registers their models; each lecture adds its own."""
 
 
