@@ -535,12 +535,13 @@ def _ncsn_cli_loss(model, batch, generator, options) -> Tensor:
 
 
 def _ncsn_cli_sample(model, n, data, generator, options) -> Tensor:
-    """Annealed Langevin dynamics from sigma_1 * N(0, I), ending with a Tweedie step."""
+    """Annealed Langevin dynamics from sigma_1 * N(0, I), ending with a Tweedie step; images are
+    clamped to the data range [-1, 1]."""
     sigmas = model.sigmas.cpu()
     device = next(model.parameters()).device
     x = float(sigmas[0]) * draw_normal((n, *data.shape), generator, device)
     with torch.no_grad():
-        return annealed_langevin(
+        x = annealed_langevin(
             model,
             x,
             sigmas,
@@ -549,6 +550,7 @@ def _ncsn_cli_sample(model, n, data, generator, options) -> Tensor:
             final_denoise=options["final_denoise"],
             generator=generator,
         )
+    return x.clamp(-1.0, 1.0) if data.is_image else x
 
 
 def _register_cli_model() -> None:
