@@ -648,10 +648,13 @@ def unet(preset: str = "small", in_channels: int = 1, image_size: int = 28, **ov
 class EnergyCNN(nn.Module):
     """Scalar energy of images, ``E(x)``: (N, C, H, W) -> (N,) (Du & Mordatch, 2019).
 
-    A stack of convolutions (two of stride 2: 28 -> 14 -> 7, 32 -> 16 -> 8) with a smooth
-    activation, global average pooling and a linear read-out. ``spectral_norm=True``
-    constrains every layer's spectral norm (Miyato et al., 2018), which Du & Mordatch use to
-    keep the energy landscape smooth and training stable.
+    Four convolutions of stride 2 with a smooth activation (28 -> 16 -> 8 -> 4 -> 2 for
+    MNIST), then a read-out that sees the whole 2 x 2 x 4C map: two linear layers on the
+    flattened features (other sizes are pooled to 2 x 2 first). The read-out must know *where*
+    the features are: with a global average instead, the energy only measures local stroke
+    statistics, and Langevin chains on it draw stroke textures rather than digits.
+    ``spectral_norm=True`` constrains every layer's spectral norm (Miyato et al., 2018), which
+    Du & Mordatch use to keep the energy landscape smooth and training stable.
     """
 
     def __init__(
@@ -666,10 +669,11 @@ class EnergyCNN(nn.Module):
         self.in_channels = _positive_int(in_channels, "in_channels")
         c = _positive_int(channels, "channels")
         layers = [
-            nn.Conv2d(in_channels, c, 3, padding=1),
-            nn.Conv2d(c, 2 * c, 4, stride=2, padding=1),
-            nn.Conv2d(2 * c, 4 * c, 4, stride=2, padding=1),
-            nn.Conv2d(4 * c, 4 * c, 3, padding=1),
+            nn.Conv2d(in_channels, c, 5, stride=2, padding=4),
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1),
+            nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1),
+            nn.Conv2d(4 * c, 4 * c, 3, stride=2, padding=1),
+            nn.Linear(16 * c, 4 * c),
         ]
         readout = nn.Linear(4 * c, 1)
         if spectral_norm:
@@ -677,8 +681,9 @@ class EnergyCNN(nn.Module):
             layers = [sn(layer) for layer in layers]
             readout = sn(readout)
         body = []
-        for layer in layers:
+        for layer in layers[:4]:
             body += [layer, _activation(activation)]
+        body += [nn.AdaptiveAvgPool2d(2), nn.Flatten(), layers[4], _activation(activation)]
         self.body = nn.Sequential(*body)
         self.readout = readout
 
@@ -687,4 +692,4 @@ class EnergyCNN(nn.Module):
             raise ValueError(
                 f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
             )
-        return self.readout(self.body(x).mean(dim=(2, 3))).squeeze(1)
+        return self.readout(self.body(x)).squeeze(1)

@@ -331,7 +331,7 @@ def test_energy_cnn_spectral_norm_bounds_each_layer():
     for _ in range(50):  # power iterations run in training mode
         net(x)
     layers = [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert len(layers) == 5
+    assert len(layers) == 6
     for layer in layers:
         sigma = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), ord=2)
         assert sigma.item() == pytest.approx(1.0, abs=0.02)
