@@ -120,3 +120,14 @@ def positive_int(value: object, name: str = "n") -> int:
     if number < 1:
         raise ValueError(f"{name} must be a positive int, got {number}")
     return number
+
+
+def output_like(out: object, x: Tensor, name: str) -> Tensor:
+    """``out`` if it is a tensor of the shape of ``x`` (what a score, noise or drift function
+    must return); otherwise a ``ValueError`` that names the function ``name``."""
+    if not isinstance(out, Tensor) or out.shape != x.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"{name} must return a tensor of the shape of x {tuple(x.shape)}, got {got}"
+        )
+    return out

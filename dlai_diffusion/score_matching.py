@@ -39,7 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ._utils import draw_normal, draw_uniform
+from ._utils import draw_normal, draw_uniform, output_like
 from ._utils import positive_int as _count
 
 __all__ = [
@@ -71,15 +71,6 @@ def _check_batch(x: object, name: str = "x") -> None:
             f"{name} must be a floating tensor of shape (N, d) or (N, C, H, W), "
             f"got shape {tuple(x.shape)} and dtype {x.dtype}"
         )
-
-
-def _check_output(out: object, x: Tensor, name: str) -> Tensor:
-    if not isinstance(out, Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"{name} must return a tensor of the shape of x {tuple(x.shape)}, got {got}"
-        )
-    return out
 
 
 def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
@@ -119,7 +110,7 @@ def _evaluate(fn: ScoreFn, x: Tensor, name: str) -> tuple[Tensor, Tensor]:
     """``x`` made differentiable (without touching the caller's tensor) and ``fn(x)``."""
     _check_batch(x)
     x = x if x.requires_grad else x.detach().requires_grad_(True)
-    return x, _check_output(fn(x), x, name)
+    return x, output_like(fn(x), x, name)
 
 
 def _squared_norm(v: Tensor) -> Tensor:
@@ -223,8 +214,8 @@ def explicit_score_matching_loss(
     ``toy.GaussianMixture.score``); it is the reference the tractable losses are compared with.
     """
     _check_batch(x)
-    model = _check_output(score_net(x), x, "score_net")
-    truth = _check_output(true_score_fn(x), x, "true_score_fn")
+    model = output_like(score_net(x), x, "score_net")
+    truth = output_like(true_score_fn(x), x, "true_score_fn")
     return _reduce(0.5 * _squared_norm(model - truth), reduction)
 
 
@@ -317,7 +308,7 @@ def dsm_loss(
     elif not isinstance(noise, Tensor) or noise.shape != x.shape:
         raise ValueError(f"noise must be a tensor of the shape of x {tuple(x.shape)}")
     x_tilde = x + sigma * noise
-    score = _check_output(score_net(x_tilde), x, "score_net")
+    score = output_like(score_net(x_tilde), x, "score_net")
     return _reduce(0.5 * _squared_norm(score - dsm_target(x, x_tilde, sigma)), reduction)
 
 
@@ -414,8 +405,8 @@ def score_error(
     _check_batch(x)
     if not isinstance(relative, bool):
         raise TypeError(f"relative must be a bool, got {type(relative).__name__}")
-    estimate = _check_output(score_fn(x), x, "score_fn")
-    truth = _check_output(true_score_fn(x), x, "true_score_fn")
+    estimate = output_like(score_fn(x), x, "score_fn")
+    truth = output_like(true_score_fn(x), x, "true_score_fn")
     error = _squared_norm(estimate - truth).sqrt()
     if not relative:
         return error

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._utils import draw_normal, draw_uniform, positive_int
+from ._utils import draw_normal, draw_uniform, output_like, positive_int
 from .schedules import Schedule
 from .toy import GaussianMixture
 
@@ -148,15 +148,6 @@ def _per_sample(values: Tensor, x: Tensor) -> Tensor:
         f"expected a scalar, a (N,) tensor or a tensor of shape {tuple(x.shape)}, "
         f"got shape {tuple(values.shape)}"
     )
-
-
-def _check_output(out: object, x: Tensor, name: str) -> Tensor:
-    if not isinstance(out, Tensor) or out.shape != x.shape:
-        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(
-            f"{name} must return a tensor of the shape of x {tuple(x.shape)}, got {got}"
-        )
-    return out
 
 
 def _sum_per_sample(values: Tensor) -> Tensor:
@@ -390,7 +381,7 @@ def euler_maruyama(
     dt = (t1 - t0) / n_steps
     for i in range(n_steps):
         t = _times(t0 + i * dt, x)
-        f = _check_output(drift(x, t), x, "drift")
+        f = output_like(drift(x, t), x, "drift")
         z = draw_normal(x.shape, generator, device=x.device, dtype=x.dtype)
         x = (x + f * dt + _per_sample(g(x, t), x) * math.sqrt(abs(dt)) * z).detach()
         if callback is not None:
@@ -537,7 +528,7 @@ def reverse_drift(sde: SDE, score_fn: ScoreFn) -> Drift:
 
     def drift(x: Tensor, t: Tensor) -> Tensor:
         g2 = _per_sample(sde.diffusion(t).to(x) ** 2, x)
-        return sde.drift(x, t) - g2 * _check_output(score_fn(x, t), x, "score_fn")
+        return sde.drift(x, t) - g2 * output_like(score_fn(x, t), x, "score_fn")
 
     return drift
 
@@ -549,7 +540,7 @@ def probability_flow_drift(sde: SDE, score_fn: ScoreFn) -> Drift:
 
     def drift(x: Tensor, t: Tensor) -> Tensor:
         g2 = _per_sample(sde.diffusion(t).to(x) ** 2, x)
-        return sde.drift(x, t) - 0.5 * g2 * _check_output(score_fn(x, t), x, "score_fn")
+        return sde.drift(x, t) - 0.5 * g2 * output_like(score_fn(x, t), x, "score_fn")
 
     return drift
 
@@ -692,7 +683,7 @@ def solve_ode(
         raise TypeError(f"f must be a callable f(x, t), got {type(f).__name__}")
 
     def field(y: Tensor, t: float) -> Tensor:
-        return _check_output(f(y, _times(t, y)), y, "f")
+        return output_like(f(y, _times(t, y)), y, "f")
 
     if t0 == t1:
         return x
@@ -765,7 +756,7 @@ def _value_and_divergence(f: Drift, x: Tensor, t: Tensor, probes: Tensor | None)
     """f(x, t) and its divergence: exact (probes None) or sum-mean over probes (P, *x.shape)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        out = _check_output(f(x, t), x, "f")
+        out = output_like(f(x, t), x, "f")
         if probes is None:
             flat = out.flatten(1)
             div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
@@ -974,7 +965,7 @@ def dsm_loss(
     scale, std = (v.to(x0) for v in sde.marginal(t))
     z = draw_normal(x0.shape, generator, device=x0.device, dtype=x0.dtype)
     xt = _per_sample(scale, x0) * x0 + _per_sample(std, x0) * z
-    score = _check_output(score_fn(xt, t), x0, "score_fn")
+    score = output_like(score_fn(xt, t), x0, "score_fn")
     residual = _sum_per_sample((_per_sample(std, x0) * score + z) ** 2)  # sigma^2 ||s + z/sigma||^2
     if weighting == "likelihood":
         weight = sde.diffusion(t).to(x0) ** 2 / std**2
@@ -1006,7 +997,7 @@ class EpsScore(nn.Module):
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         t = _times(t, x)
         std = _per_sample(self.sde.marginal(t)[1].to(x), x)
-        return -_check_output(self.net(x, t), x, "net") / std
+        return -output_like(self.net(x, t), x, "net") / std
 
 
 def score_from_eps(eps_model: Callable[[Tensor, Tensor], Tensor], schedule: Schedule) -> ScoreFn:
@@ -1026,7 +1017,7 @@ def score_from_eps(eps_model: Callable[[Tensor, Tensor], Tensor], schedule: Sche
     def score(x: Tensor, t: Tensor) -> Tensor:
         t = _times(t, x)
         steps = torch.round(t.double() * T - 1).clamp(0, T - 1).long()
-        eps = _check_output(eps_model(x, steps), x, "eps_model")
+        eps = output_like(eps_model(x, steps), x, "eps_model")
         return -eps / schedule.gather("sqrt_one_minus_alpha_bars", steps, x)
 
     return score
