@@ -35,7 +35,7 @@ QUICK = {
     "sde_steps": 200,
 }
 FULL = {
-    "datasets": ["moons", "8gaussians", "swiss_roll", "checkerboard", "rings"],
+    "datasets": ["moons", "8gaussians", "swiss_roll"],
     "steps": 5000,
     "ebm_steps": 3000,
     "n_eval": 2000,
