@@ -7,6 +7,7 @@ import os
 
 os.environ.setdefault("DLAI_FAST", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("DLAI_WIDGETS", "0")  # no sliders in headless kernels (see config)
 
 
 def pytest_configure(config):

@@ -33,6 +33,7 @@ def execute(path: Path, fast: bool, timeout: float) -> dict:
     with (
         environment_variable("DLAI_FAST", "1" if fast else "0"),
         environment_variable("MPLBACKEND", "Agg"),
+        environment_variable("DLAI_WIDGETS", "0"),  # see dlai_diffusion.config.widgets_enabled
         environment_variable("DLAI_DATA", full_data_location()),
     ):
         client = NotebookClient(

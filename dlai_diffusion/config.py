@@ -1,7 +1,8 @@
 """Course-wide switches: fast mode, device choice and seeding.
 
 Fast mode (``DLAI_FAST=1``) shrinks every notebook to a smoke test that CI can run on
-two CPU cores; the default is full mode, the sizes a student should use.
+two CPU cores; the default is full mode, the sizes a student should use. ``DLAI_WIDGETS=0``
+turns the notebooks' sliders off (see :func:`widgets_enabled`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,20 @@ FAST: bool = _env_flag("DLAI_FAST")
 def fast_or(full: T, fast: T) -> T:
     """Return ``fast`` in fast mode and ``full`` otherwise: ``steps = fast_or(20_000, 50)``."""
     return fast if _env_flag("DLAI_FAST") else full
+
+
+def widgets_enabled() -> bool:
+    """Whether notebooks should show interactive sliders: ipywidgets is installed and
+    ``DLAI_WIDGETS`` is not 0. Headless runs (pytest, the grader, the benchmarks) set it to 0:
+    executing a cell that creates widgets without a browser can block the executing client
+    (nbclient issue #312), so such cells then draw their default view once instead."""
+    if os.environ.get("DLAI_WIDGETS", "1").strip().lower() in {"0", "false", "no", "off"}:
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def device() -> torch.device:

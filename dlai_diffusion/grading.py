@@ -326,7 +326,7 @@ def execute(nb, limits: Limits, workdir: Path) -> dict[int, dict]:
     workdir.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, workdir / "graded.ipynb")
     (workdir / "limits.json").write_text(json.dumps(asdict(limits)))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", DLAI_WIDGETS="0")  # see config.widgets_enabled
     if limits.fast:
         env["DLAI_FAST"] = "1"
     if not limits.gpu:

@@ -48,3 +48,13 @@ def test_seed_everything_makes_every_rng_repeat():
 def test_seed_must_be_an_int():
     with pytest.raises(TypeError, match="seed"):
         config.seed_everything(1.5)
+
+
+def test_widgets_can_be_switched_off(monkeypatch):
+    from dlai_diffusion.config import widgets_enabled
+
+    monkeypatch.setenv("DLAI_WIDGETS", "0")
+    assert widgets_enabled() is False
+    monkeypatch.setenv("DLAI_WIDGETS", "1")
+    pytest.importorskip("ipywidgets")
+    assert widgets_enabled() is True
