@@ -59,3 +59,34 @@ def call_student(fn, *args, **kwargs):
     except NotImplementedError:
         name = getattr(fn, "__name__", "the function")
         raise AssertionError(f"{name} is not implemented yet: replace the stub") from None
+
+
+def seeded_normal(shape: tuple[int, ...], seed: int, dtype=None):
+    """Standard normal draws from their own seeded generator (float64 by default)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator, dtype=dtype or torch.float64)
+
+
+def fixed_mlp(dim: int, dtype, seed: int, **kwargs):
+    """A small fixed :class:`~dlai_diffusion.nets.ScoreMLP` (16 wide, depth 2) net(x, t, ...),
+    built from ``seed`` without touching the global RNG; ``kwargs`` go to ScoreMLP."""
+    import torch
+
+    from ..nets import ScoreMLP
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ScoreMLP(dim, hidden=16, depth=2, **kwargs).to(dtype)
+
+
+def assert_trainable(loss, net, where: str, name: str) -> None:
+    """The loss carries a gradient that back-propagates to every parameter of ``net``."""
+    assert loss.requires_grad, (
+        f"{where}: the loss carries no gradient: do not detach or call .item()"
+    )
+    loss.backward()
+    assert all(p.grad is not None for p in net.parameters()), (
+        f"{where}: back-propagating the loss did not reach every parameter of {name}"
+    )

@@ -18,25 +18,16 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..nets import ScoreMLP
+from . import assert_trainable as _trainable
 from . import call_student as _call
 from . import close as _close
+from . import fixed_mlp as _eps_net
 from . import name_mistake as _hint
+from . import seeded_normal as _draw
 
 __all__ = ["ancestral_step", "reference_ancestral_step", "reference_simple_loss", "simple_loss"]
 
 _F64 = torch.float64
-
-
-def _draw(shape: tuple[int, ...], seed: int, dtype: torch.dtype = _F64) -> Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def _eps_net(dim: int, dtype: torch.dtype, seed: int) -> ScoreMLP:
-    """A small fixed time-conditioned network eps(x, t), built without the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ScoreMLP(dim, hidden=16, depth=2).to(dtype)
 
 
 def _alpha_bars(betas: Tensor) -> Tensor:
@@ -111,13 +102,7 @@ def simple_loss(fn: Callable) -> None:
                     f"{where}: simple_loss = {got.item():.6g}, expected {expected.item():.6g}: "
                     f"{hint}"
                 )
-        assert loss.requires_grad, (
-            f"{where}: the loss carries no gradient: do not detach or call .item()"
-        )
-        loss.backward()
-        assert all(p.grad is not None for p in net.parameters()), (
-            f"{where}: back-propagating the loss did not reach every parameter of eps_model"
-        )
+        _trainable(loss, net, where, "eps_model")
     print("✔ simple_loss matches Eq. 37 with the same steps and noise (d = 2, 3; T = 10..100)")
 
 

@@ -19,11 +19,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..nets import ScoreMLP
 from . import call_student as _call
 from . import checked_tensor as _tensor
 from . import close as _close
+from . import fixed_mlp as _net
 from . import name_mistake as _hint
+from . import seeded_normal as _draw
 
 __all__ = [
     "ddim_step",
@@ -33,17 +34,6 @@ __all__ = [
 ]
 
 _F64 = torch.float64
-
-
-def _draw(shape: tuple[int, ...], seed: int, dtype: torch.dtype = _F64) -> Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def _net(dim: int, dtype: torch.dtype, seed: int) -> ScoreMLP:
-    """A small fixed network f(x, t) (t an int step or a float time), no global RNG use."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ScoreMLP(dim, hidden=16, depth=2).to(dtype)
 
 
 def _alpha_bars(T: int) -> Tensor:

@@ -20,12 +20,12 @@ import torch
 from torch import Tensor
 
 from .. import guidance as _guidance
-from ..nets import ScoreMLP
 from ..schedules import Schedule
 from ..toy import GaussianMixture
 from . import call_student as _call
 from . import checked_tensor as _checked
 from . import close as _close
+from . import fixed_mlp as _fixed_mlp
 from . import name_mistake as _hint
 
 __all__ = [
@@ -43,11 +43,9 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _label_net(n_classes: int, seed: int) -> ScoreMLP:
-    """A small fixed conditional network eps(x, t, y), built without the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ScoreMLP(2, hidden=16, depth=2, n_classes=n_classes).to(_F64)
+def _label_net(n_classes: int, seed: int):
+    """A small fixed conditional network eps(x, t, y) on 2D data."""
+    return _fixed_mlp(2, _F64, seed, n_classes=n_classes)
 
 
 def check_mixture() -> GaussianMixture:

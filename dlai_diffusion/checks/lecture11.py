@@ -21,11 +21,13 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..nets import ScoreMLP
+from . import assert_trainable as _trainable
 from . import call_student as _call
 from . import checked_tensor as _checked
 from . import close as _close
+from . import fixed_mlp as _fixed_mlp
 from . import name_mistake as _hint
+from . import seeded_normal as _draw
 
 __all__ = [
     "euler_sampler",
@@ -39,19 +41,13 @@ __all__ = [
 _F64 = torch.float64
 
 
-def _draw(shape: tuple[int, ...], seed: int, dtype: torch.dtype = _F64) -> Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
 def _times(n: int, seed: int, dtype: torch.dtype = _F64) -> Tensor:
     return torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def _velocity_net(dim: int, dtype: torch.dtype, seed: int) -> ScoreMLP:
-    """A small fixed time-conditioned network v(x, t), built without the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ScoreMLP(dim, hidden=16, depth=2, time_scale=1000.0).to(dtype)
+def _velocity_net(dim: int, dtype: torch.dtype, seed: int):
+    """A small fixed time-conditioned network v(x, t) for times in [0, 1]."""
+    return _fixed_mlp(dim, dtype, seed, time_scale=1000.0)
 
 
 # --------------------------------------------------------------------------- exercise (a)
@@ -153,13 +149,7 @@ def flow_matching_loss(fn: Callable) -> None:
                     f"{where}: flow_matching_loss = {got.item():.6g}, expected "
                     f"{expected.item():.6g}: {hint}"
                 )
-        assert loss.requires_grad, (
-            f"{where}: the loss carries no gradient: do not detach or call .item()"
-        )
-        loss.backward()
-        assert all(p.grad is not None for p in net.parameters()), (
-            f"{where}: back-propagating the loss did not reach every parameter of the model"
-        )
+        _trainable(loss, net, where, "the model")
     print("✔ flow_matching_loss matches mean |v(x_t, t) - (x_1 - x_0)|^2 with the same draws")
 
 
