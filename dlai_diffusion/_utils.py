@@ -131,3 +131,16 @@ def output_like(out: object, x: Tensor, name: str) -> Tensor:
             f"{name} must return a tensor of the shape of x {tuple(x.shape)}, got {got}"
         )
     return out
+
+
+def check_batch(x: object, name: str = "x") -> Tensor:
+    """``x`` if it is a floating tensor with a batch axis, (N, d) or (N, C, H, W); otherwise a
+    ``TypeError`` or ``ValueError`` naming the argument ``name``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim < 2 or not x.is_floating_point():
+        raise ValueError(
+            f"{name} must be a floating tensor of shape (N, d) or (N, C, H, W), "
+            f"got shape {tuple(x.shape)} and dtype {x.dtype}"
+        )
+    return x

@@ -52,6 +52,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from ._utils import check_batch as _check_batch
 from ._utils import draw_normal
 from .schedules import Schedule
 
@@ -118,17 +119,6 @@ def _check_schedule(schedule: object) -> Schedule:
             f"schedule must be a dlai_diffusion.schedules.Schedule, got {type(schedule).__name__}"
         )
     return schedule
-
-
-def _check_batch(x: object, name: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating tensor of shape (N, d) or (N, C, H, W), "
-            f"got shape {tuple(x.shape)} and dtype {x.dtype}"
-        )
-    return x
 
 
 def _check_like(value: object, x: Tensor, name: str) -> Tensor:

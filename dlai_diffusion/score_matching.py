@@ -39,6 +39,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ._utils import check_batch as _check_batch
 from ._utils import draw_normal, draw_uniform, output_like
 from ._utils import positive_int as _count
 
@@ -60,17 +61,6 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_batch(x: object, name: str = "x") -> None:
-    """``x`` must be a floating tensor with a batch axis: (N, d) or (N, C, H, W)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 2 or not x.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating tensor of shape (N, d) or (N, C, H, W), "
-            f"got shape {tuple(x.shape)} and dtype {x.dtype}"
-        )
 
 
 def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> None:
