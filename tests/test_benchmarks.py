@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
-
 from benchmarks import common, likelihood, report, run, toy2d
 from benchmarks.common import SectionResult, Target
 
@@ -78,7 +76,6 @@ def test_quick_mode_leaves_pytest_out_unless_asked():
 
 
 def test_a_tiny_likelihood_section_runs_through_the_command_line(tmp_path, monkeypatch):
-    pytest.importorskip("dlai_diffusion.sde")
     monkeypatch.setitem(likelihood.QUICK, "n_points", 4)
     monkeypatch.setitem(likelihood.QUICK, "learned_steps", 5)
     out = tmp_path / "REPORT.md"

@@ -136,7 +136,7 @@ def test_flow_matching_learns_the_gaussian_velocity():
         learned = net(xt, t).double()
     exact = _gaussian_target(xt.double(), t.double())
     relative = (learned - exact).pow(2).sum(1).mean() / exact.pow(2).sum(1).mean()
-    assert relative < 0.02, f"relative squared error {relative:.4f}"  # measured 0.0016
+    assert relative < 0.005, f"relative squared error {relative:.4f}"  # measured 0.0016
 
 
 # --------------------------------------------------------------------------- sampling
@@ -196,8 +196,7 @@ def test_sampler_runs_backwards_and_calls_back():
     assert trajectory.shape == (31, 100, 2) and torch.equal(trajectory[-1], out)
 
 
-def test_rk45_uses_the_adaptive_solver_when_available():
-    pytest.importorskip("dlai_diffusion.sde")
+def test_rk45_uses_the_adaptive_solver():
     x = torch.randn(200, 2, generator=_gen(16), dtype=F64)
     out = fm.sample_flow(fm.mixture_velocity(_mixture()), x, method="rk45", rtol=1e-7, atol=1e-7)
     reference = fm.sample_flow(fm.mixture_velocity(_mixture()), x, 800, "heun")
@@ -255,7 +254,10 @@ def test_reflow_pairs_are_the_flow_of_their_noise():
     x0, x1 = fm.reflow_pairs(velocity, 64, (2,), n_steps=20, generator=_gen(20))
     assert x0.shape == x1.shape == (64, 2)
     assert torch.equal(x0, torch.randn(64, 2, generator=_gen(20)))
-    assert torch.allclose(x1, fm.sample_flow(velocity, x0, 20))
+    euler = x0.clone()  # 20 Euler steps written out, independent of sample_flow
+    for k in range(20):
+        euler = euler + velocity(euler, torch.full((64,), k / 20)) / 20
+    assert torch.allclose(x1, euler, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad input

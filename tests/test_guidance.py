@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dlai_diffusion import ddpm, guidance, nets, toy
+from dlai_diffusion import ddim, ddpm, guidance, nets, sde, toy
 from dlai_diffusion.schedules import Schedule
 
 F64 = torch.float64
@@ -143,7 +143,6 @@ def test_classifier_guidance_moves_samples_to_the_requested_component(sampler):
         if sampler == "ddpm":
             x = ddpm.sample_ddpm(eps_fn, x_init, schedule, generator=_gen(9))
         else:
-            ddim = pytest.importorskip("dlai_diffusion.ddim")
             x = ddim.sample_ddim(eps_fn, x_init, schedule, n_steps=30)
         assert torch.isfinite(x).all()
         fraction = (_nearest(mixture, x) == k).double().mean().item()
@@ -151,9 +150,6 @@ def test_classifier_guidance_moves_samples_to_the_requested_component(sampler):
 
 
 def test_guided_eps_runs_in_the_probability_flow_ode():
-    sde = pytest.importorskip("dlai_diffusion.sde")
-    if not hasattr(sde, "score_from_eps") or not hasattr(sde, "sample_probability_flow"):
-        pytest.skip("sde.score_from_eps is not available")
     mixture, schedule = _mixture(), Schedule.linear(100)
     model = guidance.exact_mixture_eps(mixture, schedule)
     eps_fn = guidance.classifier_free_eps(model, 1, 3.0)

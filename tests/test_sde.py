@@ -64,7 +64,7 @@ def test_brownian_spread_grows_like_sqrt_t():
 
 
 def test_vp_sde_is_the_limit_of_the_ddpm_schedule():
-    assert (sde.VPSDE.from_schedule(Schedule.linear(1000)).beta_min - 0.1) < 1e-9
+    assert abs(sde.VPSDE.from_schedule(Schedule.linear(1000)).beta_min - 0.1) < 1e-9
     errors = []
     for T in (1000, 4000):
         schedule = Schedule.linear(T)
@@ -224,7 +224,7 @@ def test_probability_flow_likelihood_is_exact_for_the_mixture(mixture):
     stats = {}
     ll = sde.log_likelihood(sde.mixture_score(mixture, vp), vp, x, eps=nll_eps, stats=stats)
     assert ll.shape == (100,)
-    assert (ll - truth).abs().mean().item() < 0.02  # measured: 3e-6 nats
+    assert (ll - truth).abs().mean().item() < 1e-3  # measured: 3e-6 nats (issue bar: 0.02)
     # Hutchinson with one probe per sample: unbiased, per-sample spread ~1 nat here
     ll_h = sde.log_likelihood(
         sde.mixture_score(mixture, vp),

@@ -200,6 +200,7 @@ def euler_sampler(fn: Callable) -> None:
         return torch.zeros_like(z)
 
     _call(fn, recorder, x, 5)
+    assert len(seen) == 5, f"5 steps should call the model 5 times, it was called {len(seen)} times"
     assert _close(torch.tensor(seen), torch.arange(5) / 5, atol=1e-6), (
         f"the model should be called at t = 0, 0.2, ..., 0.8 for 5 steps, got {seen}"
     )
