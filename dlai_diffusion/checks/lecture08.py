@@ -19,6 +19,7 @@ from ..toy import eight_gaussians
 from . import as_float64 as _as_tensor
 from . import call_student as _call
 from . import close as _close
+from . import name_mistake as _hint
 
 __all__ = ["euler_maruyama_step", "reverse_samples", "reverse_sde_step", "vp_marginal"]
 
@@ -112,13 +113,8 @@ def euler_maruyama_step(fn) -> None:
                 f"the step gives NaN for dt = {dt} < 0 (a step backwards in time): the noise "
                 "has variance |dt|, so use sqrt(abs(dt))"
             )
-        for hint, value in hints.items():
-            if _close(got, value, rtol=1e-5):
-                raise AssertionError(f"wrong Euler-Maruyama step at t={t}, dt={dt}: {hint}")
-        raise AssertionError(
-            f"wrong Euler-Maruyama step at t={t}, dt={dt}: expected "
-            "x + drift(x, t) * dt + diffusion(t) * sqrt(|dt|) * z"
-        )
+        hint = _hint(got, hints, "expected x + drift(x, t) * dt + diffusion(t) * sqrt(|dt|) * z")
+        raise AssertionError(f"wrong Euler-Maruyama step at t={t}, dt={dt}: {hint}")
     print("✔ Euler-Maruyama step: x + f(x, t) dt + g(t) sqrt(|dt|) z, forwards and backwards")
 
 
@@ -160,13 +156,8 @@ def reverse_sde_step(fn) -> None:
             "the noise should be g(t) sqrt(dt) z": x - (f - g2 * s) * dt + math.sqrt(dt) * z,
             "the noise term is missing": x - (f - g2 * s) * dt,
         }
-        for hint, value in hints.items():
-            if _close(got, value, rtol=1e-5):
-                raise AssertionError(f"wrong reverse step at t={t}, dt={dt}: {hint}")
-        raise AssertionError(
-            f"wrong reverse step at t={t}, dt={dt}: expected "
-            "x - (f(x, t) - g(t)^2 * score(x, t)) * dt + g(t) * sqrt(dt) * z"
-        )
+        default = "expected x - (f(x, t) - g(t)^2 * score(x, t)) * dt + g(t) * sqrt(dt) * z"
+        raise AssertionError(f"wrong reverse step at t={t}, dt={dt}: {_hint(got, hints, default)}")
     print("✔ reverse SDE step: x - [f - g^2 score] dt + g sqrt(dt) z")
 
 
@@ -179,9 +170,9 @@ def reverse_samples(samples, n_min: int = 500) -> None:
     assert x.shape[0] >= n_min, f"draw at least {n_min} samples, got {x.shape[0]}"
     assert bool(torch.isfinite(x).all()), "the samples contain NaN or inf"
     mixture = eight_gaussians(dtype=_F64)
-    spread = x.norm(dim=1).mean().item()
-    assert spread < 10, (
-        f"the samples fly apart (mean radius {spread:.3g}): check the sign of the reverse drift"
+    radius = x.norm(dim=1).mean().item()
+    assert radius < 10, (
+        f"the samples fly apart (mean radius {radius:.3g}): check the sign of the reverse drift"
     )
     n = x.shape[0]
     g = torch.Generator().manual_seed(82)
@@ -189,7 +180,6 @@ def reverse_samples(samples, n_min: int = 500) -> None:
         metrics.energy_distance(mixture.sample(n, g), mixture.sample(n, g)) for _ in range(3)
     )
     distance = metrics.energy_distance(x, mixture.sample(n, g))
-    radius = x.norm(dim=1).mean().item()
     assert distance < 4 * floor + 5e-3, (
         f"the samples are far from the 8 Gaussians (energy distance {distance:.3g}, while two "
         f"true samples differ by about {floor:.2g}; mean radius {radius:.2f}, expected 1.4): "
