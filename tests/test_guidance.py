@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from dlai_diffusion import ddim, ddpm, guidance, nets, sde, toy
+from dlai_diffusion.checks import fixed_mlp
+from dlai_diffusion.checks.lecture10 import check_mixture
 from dlai_diffusion.schedules import Schedule
 
 F64 = torch.float64
@@ -20,8 +22,7 @@ def _gen(seed: int) -> torch.Generator:
 
 def _mixture() -> toy.GaussianMixture:
     """Three overlapping components: p(k | x) is far from 0 or 1 between them."""
-    means = [[-1.5, 0.0], [1.5, 0.0], [0.0, 1.8]]
-    return toy.GaussianMixture(means, [0.5, 0.6, 0.4], [0.5, 0.3, 0.2], dtype=F64)
+    return check_mixture()
 
 
 def _nearest(mixture: toy.GaussianMixture, x: torch.Tensor) -> torch.Tensor:
@@ -29,9 +30,7 @@ def _nearest(mixture: toy.GaussianMixture, x: torch.Tensor) -> torch.Tensor:
 
 
 def _label_net(seed: int = 0) -> nets.ScoreMLP:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nets.ScoreMLP(2, hidden=16, depth=2, n_classes=3).to(F64)
+    return fixed_mlp(2, F64, seed, n_classes=3)
 
 
 # --------------------------------------------------------------------------- Bayes' rule
