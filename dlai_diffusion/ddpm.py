@@ -22,7 +22,7 @@ the loss of Ho et al. (notes Eq. 37)       :func:`simple_loss`
 p(x_{t-1} | x_t) (notes Eq. 35-36)         :func:`p_mean_variance`
 the bound L_T + sum L_t + L_0              :func:`prior_kl`, :func:`kl_terms`,
                                            :func:`decoder_nll`, :func:`vb_terms`,
-                                           :func:`variational_bound`
+                                           :func:`variational_bound`, :func:`bound_weights`
 Gaussian KL and likelihoods                :func:`normal_kl`, :func:`gaussian_log_likelihood`,
                                            :func:`discretized_gaussian_log_likelihood`
 ancestral sampling (notes Eq. 38)          :func:`p_sample`, :func:`sample_ddpm`
@@ -60,6 +60,7 @@ __all__ = [
     "Gaussian",
     "ReverseGaussian",
     "VariationalBound",
+    "bound_weights",
     "ddpm_mlp",
     "ddpm_unet",
     "decoder_nll",
@@ -365,6 +366,21 @@ def p_mean_variance(
     else:
         log_variance = schedule.gather("posterior_log_variance_clipped", t, xt)
     return ReverseGaussian(mean, log_variance.exp(), log_variance, x0)
+
+
+def bound_weights(schedule: Schedule, variance: str = "beta") -> Tensor:
+    """lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t)), shape (T,): with a noise
+    model, the KL term of step t is C_t + lambda_t ||eps - eps_theta(x_t, t)||^2 (Ho et al.,
+    2020, Eq. 12), and the simple loss (notes Eq. 37) sets every lambda_t to 1. ``variance``
+    ``"beta"`` or ``"posterior"``, sigma_t^2 as in :func:`p_mean_variance`; the entry t = 0
+    belongs to the decoder term and is given for completeness."""
+    _check_schedule(schedule)
+    _check_choice(variance, "variance", ("beta", "posterior"))
+    if variance == "beta":
+        sigma2 = schedule.betas
+    else:
+        sigma2 = schedule.posterior_log_variance_clipped.exp()
+    return schedule.betas**2 / (2 * sigma2 * schedule.alphas * (1 - schedule.alpha_bars))
 
 
 def _ancestral_step(kernel: ReverseGaussian, t: Tensor | int, generator) -> Tensor:

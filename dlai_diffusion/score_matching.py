@@ -50,6 +50,7 @@ __all__ = [
     "explicit_score_matching_loss",
     "hutchinson_trace",
     "jacobian_trace",
+    "relative_score_mse",
     "score_error",
     "sliced_score_matching_loss",
 ]
@@ -401,3 +402,13 @@ def score_error(
     if not relative:
         return error
     return torch.where(error == 0, error, error / _squared_norm(truth).sqrt())
+
+
+def relative_score_mse(score_fn: ScoreFn, true_score_fn: ScoreFn, x: Tensor) -> float:
+    """E ||s(x) - s*(x)||^2 / E ||s*(x)||^2 over the points ``x`` (a sample of the law under
+    which the score is judged): twice the Fisher divergence of notes Eq. 9 in units of the
+    true score's mean square, so 0 for the exact score and 1 for the zero score. Unlike the
+    mean of :func:`score_error`, it stays finite where the true score vanishes."""
+    squared = score_error(score_fn, true_score_fn, x, relative=False).pow(2).mean()
+    truth = output_like(true_score_fn(x), x, "true_score_fn")
+    return (squared / _squared_norm(truth).mean()).item()

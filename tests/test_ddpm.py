@@ -445,3 +445,20 @@ def test_cli_model_trains_on_images(ddpm_registered, tmp_path, monkeypatch):
     assert metrics["data"] == "mnist" and metrics["classifier_fid"] > 0
     samples = torch.load(tmp_path / "samples.pt", weights_only=True)
     assert samples.shape == (20, 1, 28, 28) and float(samples.abs().max()) <= 1.0 + 1e-6
+
+
+@pytest.mark.parametrize("variance", ["beta", "posterior"])
+def test_bound_weights_turn_the_kl_terms_into_weighted_noise_regression(variance):
+    """kl_terms(eps + delta) - kl_terms(eps) = lambda_t |delta|^2: the KL of two Gaussians
+    with one variance, computed by normal_kl, against the closed-form weight."""
+    schedule = Schedule.linear(50)
+    x0 = torch.randn(64, 3, generator=gen(30), dtype=F64)
+    eps = torch.randn(64, 3, generator=gen(31), dtype=F64)
+    delta = 0.3 * torch.randn(64, 3, generator=gen(32), dtype=F64)
+    weights = ddpm.bound_weights(schedule, variance)
+    assert weights.shape == (50,)
+    for t in (1, 25, 49):
+        shifted = ddpm.kl_terms(lambda x, s: eps + delta, schedule, x0, t, variance, noise=eps)
+        exact = ddpm.kl_terms(lambda x, s: eps, schedule, x0, t, variance, noise=eps)
+        expected = weights[t].to(F64) * delta.pow(2).sum(1)
+        assert torch.allclose(shifted - exact, expected, rtol=1e-4, atol=1e-8), t

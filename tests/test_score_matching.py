@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from dlai_diffusion import nets, toy
+from dlai_diffusion import nets, score_matching, toy
 from dlai_diffusion.score_matching import (
     dsm_loss,
     dsm_target,
@@ -379,3 +379,12 @@ def test_bad_arguments_are_named():
         exact_score_matching_loss(lambda p: p[:, :1], x)
     with pytest.raises(ValueError, match="true_score_fn"):
         explicit_score_matching_loss(affine_field, x, lambda p: p.sum(1))
+
+
+def test_relative_score_mse_is_the_mean_square_error_in_units_of_the_true_score():
+    x = torch.randn(500, 3, generator=torch.Generator().manual_seed(40), dtype=torch.float64)
+    shift = torch.tensor([0.3, -0.1, 0.2], dtype=torch.float64)
+    got = score_matching.relative_score_mse(lambda y: -y + shift, lambda y: -y, x)
+    assert got == pytest.approx(shift.pow(2).sum().item() / x.pow(2).sum(1).mean().item())
+    assert score_matching.relative_score_mse(lambda y: 0 * y, lambda y: -y, x) == pytest.approx(1)
+    assert score_matching.relative_score_mse(lambda y: -y, lambda y: -y, x) == 0
