@@ -20,10 +20,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from ..nets import ScoreMLP
 from ..toy import GaussianMixture
 from . import call_student as _call
 from . import checked_tensor as _tensor
+from . import close, fixed_mlp, name_mistake
 
 __all__ = [
     "dsm_loss",
@@ -38,22 +38,16 @@ _F64 = torch.float64
 
 
 def _close(a: Tensor, b: Tensor, rtol: float = 1e-5, atol: float = 1e-7) -> bool:
-    return bool(torch.allclose(a.detach().to(_F64), b.detach().to(_F64), rtol=rtol, atol=atol))
+    return close(a.detach(), b.detach(), rtol=rtol, atol=atol)
 
 
 def _hint(got: Tensor, candidates: dict[str, Tensor], default: str) -> str:
-    """The first known mistake whose value matches ``got``, or ``default``."""
-    for mistake, value in candidates.items():
-        if _close(got, value, rtol=1e-4):
-            return mistake
-    return default
+    return name_mistake(got.detach(), candidates, default, rtol=1e-4)
 
 
-def _score_net(dim: int, dtype: torch.dtype, seed: int) -> ScoreMLP:
-    """A small fixed network, built without touching the global RNG."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ScoreMLP(dim, hidden=16, depth=2, cond=False).to(dtype)
+def _score_net(dim: int, dtype: torch.dtype, seed: int):
+    """A small fixed network s(x) without time input."""
+    return fixed_mlp(dim, dtype, seed, cond=False)
 
 
 # --------------------------------------------------------------------------- exercise (a)

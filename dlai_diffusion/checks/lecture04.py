@@ -23,6 +23,7 @@ from torch import Tensor
 from ..toy import GaussianMixture
 from . import call_student as _call
 from . import checked_tensor as _tensor
+from . import name_mistake
 
 __all__ = ["contrastive_divergence_loss", "langevin_step_energy", "sample_from_buffer"]
 
@@ -32,10 +33,7 @@ _Z = 4.5  # statistical tolerance in standard errors
 
 def _hint(got: Tensor, candidates: dict[str, Tensor], default: str) -> str:
     """The message of the first candidate mistake that reproduces ``got``, else ``default``."""
-    for message, wrong in candidates.items():
-        if torch.allclose(got.detach().to(_F64), wrong.to(_F64), rtol=1e-6, atol=1e-9):
-            return message
-    return default
+    return name_mistake(got.detach(), candidates, default, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- exercise (a)
