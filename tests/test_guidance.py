@@ -202,6 +202,17 @@ def test_conditional_simple_loss_is_the_simple_loss_of_the_dropped_labels():
         net, schedule, x0, y, _gen(15), p_uncond=0.3, reduction="none"
     )
     assert per_sample.shape == (64,) and torch.allclose(per_sample.mean(), loss)
+    # Written out with given steps and noise: no dropout keeps y, full dropout uses the null label.
+    t = torch.arange(64) % 50
+    eps = torch.randn(64, 2, generator=_gen(16), dtype=F64)
+    ab = schedule.alpha_bars.to(F64)[t][:, None]
+    xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
+    for p_uncond, labels in ((0.0, y), (1.0, torch.full((64,), 3))):
+        by_hand = (eps - net(xt, t, labels)).pow(2).mean()
+        got = guidance.conditional_simple_loss(
+            net, schedule, x0, y, p_uncond=p_uncond, t=t, noise=eps
+        )
+        assert torch.allclose(got, by_hand), p_uncond
 
 
 def test_noisy_classifier_learns_noisy_labels_quickly():
