@@ -55,6 +55,7 @@ class SectionResult:
     extra_tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     seconds: float = 0.0
     finished: str = ""
+    run: dict[str, Any] = field(default_factory=dict)  # command, commit, load: see run.py
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,6 +208,18 @@ def _git(*args: str) -> str:
     return out.stdout.strip()
 
 
+def load_average() -> list[float] | None:
+    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def commit() -> str:
+    """The short commit of the working tree, marked when tracked files have changed."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    return _git("rev-parse", "--short", "HEAD") + (
+        " (with uncommitted changes)" if dirty and dirty != "unknown" else ""
+    )
+
+
 def machine() -> dict[str, Any]:
     """Date, CPU, cores, RAM, GPU, Python/torch versions and the git commit of this run."""
     import torch
@@ -218,7 +231,6 @@ def machine() -> dict[str, Any]:
         usable = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return {
         "date": now_utc(),
         "cpu": _cpu_model(),
@@ -229,9 +241,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "commit": _git("rev-parse", "--short", "HEAD")
-        + (" (with uncommitted changes)" if dirty and dirty != "unknown" else ""),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "commit": commit(),
+        "load_average": load_average(),
     }
 
 

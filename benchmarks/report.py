@@ -49,10 +49,10 @@ def render(results: Sequence[SectionResult], machine: Mapping[str, Any]) -> str:
         "Python": machine.get("python"),
         "torch": machine.get("torch"),
         "git commit": machine.get("commit"),
-        "load average at start (1, 5, 15 min)": ", ".join(
+        "load average when the last command started (1, 5, 15 min)": ", ".join(
             f"{x:.1f}" for x in machine.get("load_average") or []
         ),
-        "command": f"`{machine.get('command', 'python benchmarks/run.py')}`",
+        "last command": f"`{machine.get('command', 'python benchmarks/run.py')}`",
     }
     lines += [markdown_table([{"": k, "value": v} for k, v in info.items()], ["", "value"])]
     lines += ["## Targets", ""]
@@ -81,6 +81,9 @@ def render(results: Sequence[SectionResult], machine: Mapping[str, Any]) -> str:
                     "mode": r.mode,
                     "wall time (s)": r.seconds,
                     "finished": r.finished,
+                    "commit": r.run.get("commit", "—"),
+                    "load before / after": _loads(r.run),
+                    "command": f"`{r.run['command']}`" if r.run.get("command") else "—",
                 }
                 for r in results
             ]
@@ -89,6 +92,13 @@ def render(results: Sequence[SectionResult], machine: Mapping[str, Any]) -> str:
     for r in results:
         lines += _section(r)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _loads(run: Mapping[str, Any]) -> str:
+    before, after = run.get("load_before"), run.get("load_after")
+    if not before or not after:
+        return "—"
+    return f"{before[0]:.1f} / {after[0]:.1f}"
 
 
 def _section(result: SectionResult) -> list[str]:

@@ -43,8 +43,11 @@ def _sections() -> dict:
 SECTIONS = ["toy2d", "likelihood", "mnist", "throughput", "notebooks", "pytest"]
 
 
-def run_section(name: str, fn, quick: bool) -> common.SectionResult:
-    """Run one section; a failure becomes a result whose note holds the error, not a crash."""
+def run_section(name: str, fn, quick: bool, command: str = "") -> common.SectionResult:
+    """Run one section; a failure becomes a result whose note holds the error, not a crash.
+    The result records the command, the commit and the load average before and after, since
+    sections are often run (and rerun) one at a time with ``--only``."""
+    run = {"command": command, "commit": common.commit(), "load_before": common.load_average()}
     start = time.perf_counter()
     try:
         result = fn(quick)
@@ -56,6 +59,7 @@ def run_section(name: str, fn, quick: bool) -> common.SectionResult:
         result.targets.append(common.Target(name, "section runs", "section failed", None))
     result.seconds = time.perf_counter() - start
     result.finished = common.now_utc()
+    result.run = {**run, "load_after": common.load_average()}
     return result
 
 
@@ -108,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
             for old in args.results.glob("*.json"):
                 old.unlink()
         machine = common.machine()
-        machine["command"] = " ".join(["python benchmarks/run.py", *(argv or sys.argv[1:])])
+        given = sys.argv[1:] if argv is None else argv
+        command = " ".join(["python benchmarks/run.py", *given])
+        machine["command"] = command
         (args.results / "machine.json").write_text(json.dumps(machine, indent=2) + "\n")
         sections = _sections()
         for name in names:
             print(f"[benchmarks] {name} ({common.mode_name(args.quick)}) ...", flush=True)
-            result = run_section(name, sections[name], args.quick)
+            result = run_section(name, sections[name], args.quick, command)
             common.save(result, args.results)
             print(f"[benchmarks] {name}: {result.seconds:.1f} s", flush=True)
             for target in result.targets:
