@@ -78,7 +78,10 @@ def notebooks(quick: bool) -> SectionResult:
                 row = {"notebook": f"{folder}/{path.name}", "mode": mode}
                 row.update(execute(path, mode == "fast", sizes["timeout_s"]))
                 row["load_after"] = load_average()[0] if load_average() else None
-                print(f"    {row['notebook']} ({mode}): {row['seconds']:.0f} s", flush=True)
+                status = "ok" if row["ok"] else f"FAILED: {row['error']}"
+                print(
+                    f"    {row['notebook']} ({mode}): {row['seconds']:.0f} s, {status}", flush=True
+                )
                 result.rows.append(row)
     failed = [r["notebook"] + f" ({r['mode']})" for r in result.rows if not r["ok"]]
     fast_rows = [r for r in result.rows if r["mode"] == "fast"]
