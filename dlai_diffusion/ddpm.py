@@ -686,9 +686,11 @@ def ddpm_unet(
 
 
 def _cli_steps(options, is_image: bool) -> int:
+    """T: 1000 for images (Ho et al.), 200 for 2D data as in lecture 07 (with T = 100 the
+    thin moons come out about 1.6 x the energy-distance floor, with T = 200 about 1.2 x)."""
     if options["T"] is not None:
         return int(options["T"])
-    return 1000 if is_image else 100
+    return 1000 if is_image else 200
 
 
 @functools.lru_cache(maxsize=16)

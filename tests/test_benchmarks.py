@@ -91,3 +91,72 @@ def test_a_tiny_likelihood_section_runs_through_the_command_line(tmp_path, monke
     text = out.read_text()
     assert "ODE likelihood, exact score" in text and "| met |" in text
     assert json.loads((tmp_path / "machine.json").read_text())["torch"]
+
+
+def test_a_section_records_its_command_commit_and_load(tmp_path, monkeypatch):
+    monkeypatch.setitem(likelihood.QUICK, "n_points", 2)
+    monkeypatch.setitem(likelihood.QUICK, "learned_steps", 2)
+    argv = ["--quick", "--only", "likelihood", "--results", str(tmp_path)]
+    assert run.main([*argv, "--out", str(tmp_path / "R.md")]) == 0
+    saved = json.loads((tmp_path / "likelihood.json").read_text())["run"]
+    assert saved["command"] == "python benchmarks/run.py " + " ".join(
+        [*argv, "--out", str(tmp_path / "R.md")]
+    )
+    assert saved["commit"] and len(saved["load_before"]) == 3 and len(saved["load_after"]) == 3
+    sections = (tmp_path / "R.md").read_text().split("## Sections")[1]
+    assert "--only likelihood" in sections
+
+
+def test_block_ratios_read_one_for_true_samples_and_more_for_a_blurred_copy():
+    import torch
+
+    from dlai_diffusion import toy
+
+    generator = torch.Generator().manual_seed(0)
+    true = toy.sample("8gaussians", 4000, generator)
+    ratios = toy2d._ratios(true, "8gaussians", n=1000)
+    # a perfect model, 4 blocks and 50 floors: one energy distance between true samples has a
+    # coefficient of variation of about 0.6 (sliced Wasserstein 0.25), so a mean of 4 can
+    # stray by ±30% (1 sd) from the floor
+    assert 0.6 < ratios["sw_ratio"] < 1.4 and 0.4 < ratios["ed_ratio"] < 1.8
+    blurred = true + 0.3 * torch.randn(4000, 2, generator=generator)  # std 0.1 -> 0.32
+    ratios = toy2d._ratios(blurred, "8gaussians", 1000)
+    assert ratios["sw_ratio"] > 1.2 and ratios["ed_ratio"] > 2.5
+    assert math.isnan(toy2d._ratios(true * math.nan, "8gaussians", 1000)["sw_ratio"])
+    try:
+        toy2d._ratios(true[:1500], "8gaussians", 1000)
+    except ValueError as error:
+        assert "blocks of 1000" in str(error)
+    else:
+        raise AssertionError("a partial block must be refused")
+
+
+def test_a_tiny_mnist_section_trains_measures_and_states_the_ddim_target(monkeypatch):
+    from benchmarks import mnist
+
+    tiny = {
+        **mnist.QUICK,
+        "T": 25,
+        "batch_size": 8,
+        "n_fid": 12,
+        "checkpoints": {"ddpm": [1, 2], "ncsn": [1], "ebm": [1]},
+        "ncsn": {"n_levels": 2, "n_steps_each": 1, "sigma_min": 0.01},
+        "ebm": {"channels": 4, "n_steps": 1, "capacity": 16, "reinit_prob": 0.01},
+        "curve_ddim_steps": 2,
+        "ddim_steps": [2, 5],
+        "etas": [0.0],
+    }
+    monkeypatch.setattr(mnist, "QUICK", tiny)
+    result = mnist.run(quick=True)
+    assert [(r["model"], r["steps"]) for r in result.rows] == [
+        ("ddpm", 1),
+        ("ddpm", 2),
+        ("ncsn", 1),
+        ("ebm", 1),
+    ]
+    assert all(math.isfinite(r["fid"]) and r["fid"] > 0 for r in result.rows)
+    assert result.rows[1]["train_s"] >= result.rows[0]["train_s"]  # time accumulates
+    (steps_table,) = result.extra_tables.values()
+    assert [r["steps"] for r in steps_table] == [None, 25, 2, 5]  # floor, ancestral, DDIM
+    (target,) = result.targets
+    assert target.name == "MNIST DDIM 50 vs ancestral" and target.met is None  # no 50 steps
