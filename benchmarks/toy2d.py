@@ -1,12 +1,13 @@
 """2D sample quality of every model of the course, as multiples of the two-sample floor.
 
 Each model is trained on each toy dataset from scratch, sampled, and measured with sliced
-Wasserstein and energy distance against a fresh sample of the data
-(:func:`dlai_diffusion.metrics.compare_to_floor`): a ratio of 1 means the samples are as close
-to the data as a second sample of the data itself. The models of the command-line registry
-(``runs.models()``: EBM, NCSN, DPM, DDPM, DSM and flow matching when present) go through
-``runs.train_run``; the continuous-time VP SDE (its reverse SDE and its probability-flow ODE)
-is trained here with ``sde.dsm_loss`` on an eps-parameterised MLP.
+Wasserstein and energy distance against fresh samples of the data, averaged over blocks
+(:func:`_ratios`): a ratio of 1 means the samples are as close to the data as a second sample
+of the data itself. The models of the command-line registry (``runs.models()``: EBM, NCSN,
+DPM, DDPM, DSM and flow matching) go through ``runs.train_run`` with the command line's
+defaults, except for the ``options`` given in the sizes; the continuous-time VP SDE (its
+reverse SDE and its probability-flow ODE) is trained here with ``sde.dsm_loss`` on an
+eps-parameterised MLP.
 """
 
 from __future__ import annotations
@@ -255,9 +256,14 @@ def run(quick: bool) -> SectionResult:
         "dsm (one noise level, lecture 03) is shown for comparison and not held to the target; "
         "ed = energy distance, sw = sliced Wasserstein"
     )
+    for model, options in sizes["options"].items():
+        given = ", ".join(
+            f"{k} = {v:g}" if isinstance(v, float) else f"{k} = {v}" for k, v in options.items()
+        )
+        result.notes.append(f"{model}: the command line's defaults except {given}")
     if quick:
         result.notes.append(
-            "quick mode: a few hundred training steps and 400 samples, far from the sizes the "
+            "quick mode: a few hundred training steps and 2 x 400 samples, far from the sizes the "
             "targets are meant for (run without --quick)"
         )
     result.targets = targets(result.rows, missing)
