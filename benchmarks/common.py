@@ -213,8 +213,9 @@ def load_average() -> list[float] | None:
 
 
 def commit() -> str:
-    """The short commit of the working tree, marked when tracked files have changed."""
-    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    """The short commit of the working tree, marked when tracked files other than the saved
+    results (which a run rewrites) have changed."""
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
     return _git("rev-parse", "--short", "HEAD") + (
         " (with uncommitted changes)" if dirty and dirty != "unknown" else ""
     )
