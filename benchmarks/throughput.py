@@ -237,7 +237,7 @@ def run(quick: bool) -> SectionResult:
     result.notes.append(
         f"CPU: batch {sizes['cpu_batch']}; times are the mean of "
         f"{sizes['train_steps']} training steps and {sizes['sample_evals']} evaluations after "
-        "warm-up. On a shared machine they vary with the load (see the load average above)."
+        "warm-up. On a shared machine they vary with the load (see the Sections table)."
     )
     return result
 
