@@ -14,8 +14,9 @@ SECTION_ORDER = ["toy2d", "likelihood", "mnist", "throughput", "notebooks", "pyt
 
 _INTRO = """\
 Every number below comes from `python benchmarks/run.py{flags}` on the machine described
-here; the raw results, with the sizes used, are in `benchmarks/results/*.json`, from which this
-report is generated. Sample quality on 2D data is given as a multiple of the *two-sample
+here (the Sections table gives each section's exact command, commit and load average); the raw
+results, with the sizes used, are in `benchmarks/results/*.json`, from which this report is
+generated. Sample quality on 2D data is given as a multiple of the *two-sample
 floor*: the same metric between two independent samples of the true data of the same size
 (1 = as good as the sample size can tell). FID on MNIST uses LeNet features
 (`metrics.classifier_fid`), with the FID between two sets of real digits as its floor.
