@@ -1,6 +1,6 @@
 """Run the benchmarks and write the report.
 
-    python benchmarks/run.py                  # everything, real sizes (an hour or more on a CPU)
+    python benchmarks/run.py                  # everything, real sizes (~2.5 h on 2 CPU cores)
     python benchmarks/run.py --quick          # tiny sizes: a few minutes on 2 CPU cores
     python benchmarks/run.py --only toy2d likelihood
     python benchmarks/run.py --report-only    # rewrite REPORT.md from benchmarks/results/
