@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import importlib
 import json
 import math
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -76,15 +74,6 @@ def mode_name(quick: bool) -> str:
 
 def now_utc() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def unavailable(module: str) -> str | None:
-    """None when ``dlai_diffusion.<module>`` imports, else ``"not available: <error>"``."""
-    try:
-        importlib.import_module(f"dlai_diffusion.{module}")
-    except Exception as error:  # an ImportError, or a module that fails while importing
-        return f"not available: {type(error).__name__}: {error}"
-    return None
 
 
 @contextlib.contextmanager
@@ -267,7 +256,3 @@ def load_all(directory: Path = RESULTS) -> list[SectionResult]:
             continue
         results.append(SectionResult.from_json(json.loads(path.read_text())))
     return results
-
-
-def python() -> str:
-    return sys.executable

@@ -77,7 +77,7 @@ def notebooks(quick: bool) -> SectionResult:
             for mode in modes:
                 row = {"notebook": f"{folder}/{path.name}", "mode": mode}
                 row.update(execute(path, mode == "fast", sizes["timeout_s"]))
-                row["load_after"] = load_average()[0] if load_average() else None
+                row["load_after"] = (load_average() or [None])[0]
                 status = "ok" if row["ok"] else f"FAILED: {row['error']}"
                 print(
                     f"    {row['notebook']} ({mode}): {row['seconds']:.0f} s, {status}", flush=True

@@ -58,13 +58,14 @@ def test_a_model_is_held_to_its_worst_ratio():
         {"model": "ebm", "sampler": "b", "data": "moons", "sw_ratio": 1.9, "ed_ratio": 1.0},
         {"model": "ncsn", "sampler": "c", "data": "moons", "sw_ratio": math.nan, "ed_ratio": 1},
         {"model": "dsm", "sampler": "d", "data": "moons", "sw_ratio": 9.0, "ed_ratio": 9.0},
+        {"model": "flow", "sampler": "e", "data": "moons", "error": "RuntimeError: boom"},
     ]
-    targets = {t.name: t for t in toy2d.targets(rows, {"flow": "not available: X"})}
+    targets = {t.name: t for t in toy2d.targets(rows)}
     assert targets["2D ddpm"].met is False and "1.60 (rings, sw)" in targets["2D ddpm"].value
     assert targets["2D ebm"].met is True
     assert targets["2D ncsn"].met is False  # non-finite samples fail
     assert "2D dsm" not in targets  # informative only
-    assert targets["2D flow"].met is None and "not available" in targets["2D flow"].value
+    assert targets["2D flow"].met is None and targets["2D flow"].value == "error while measuring"
 
 
 def test_quick_mode_leaves_pytest_out_unless_asked():
