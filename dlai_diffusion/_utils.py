@@ -133,14 +133,15 @@ def output_like(out: object, x: Tensor, name: str) -> Tensor:
     return out
 
 
-def check_batch(x: object, name: str = "x") -> Tensor:
-    """``x`` if it is a floating tensor with a batch axis, (N, d) or (N, C, H, W); otherwise a
-    ``TypeError`` or ``ValueError`` naming the argument ``name``."""
+def check_batch(x: object, name: str = "x", min_ndim: int = 2) -> Tensor:
+    """``x`` if it is a floating tensor with a batch axis, (N, d) or (N, C, H, W), or with
+    ``min_ndim=1`` any (N, ...); otherwise a ``TypeError`` or ``ValueError`` naming ``name``."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 2 or not x.is_floating_point():
+    if x.ndim < min_ndim or not x.is_floating_point():
+        shape = "of shape (N, d) or (N, C, H, W)" if min_ndim >= 2 else "with a batch axis (N, ...)"
         raise ValueError(
-            f"{name} must be a floating tensor of shape (N, d) or (N, C, H, W), "
+            f"{name} must be a floating tensor {shape}, "
             f"got shape {tuple(x.shape)} and dtype {x.dtype}"
         )
     return x

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ._utils import draw_normal, draw_uniform, output_like, positive_int
+from ._utils import check_batch, draw_normal, draw_uniform, output_like, positive_int
 from .schedules import Schedule
 from .toy import GaussianMixture
 
@@ -101,14 +101,7 @@ def _number(value: object, name: str, *, positive: bool = False) -> float:
 
 
 def _check_x(x: object, name: str = "x") -> Tensor:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim < 1 or not x.is_floating_point():
-        raise ValueError(
-            f"{name} must be a floating tensor with a batch axis (N, ...), "
-            f"got shape {tuple(x.shape)} and dtype {x.dtype}"
-        )
-    return x
+    return check_batch(x, name, min_ndim=1)
 
 
 def _check_choice(value: object, name: str, choices: Sequence[str]) -> str:
