@@ -51,7 +51,14 @@ import torch
 from torch import Tensor
 
 from ._utils import draw_normal, positive_int
-from .ddpm import _check_batch, _check_choice, _check_like, _check_schedule
+from .ddpm import (
+    _check_batch,
+    _check_choice,
+    _check_like,
+    _check_schedule,
+    predict_eps_from_x0,
+    predict_x0_from_eps,
+)
 from .schedules import Schedule
 from .toy import GaussianMixture
 
@@ -167,12 +174,10 @@ def _ddim_update(model, schedule, xt, t, t_prev, eta, generator, noise, clip_x0)
     """One step of Eq. 12; returns (x_{t_prev}, x0_hat)."""
     steps = t if isinstance(t, Tensor) else torch.full((xt.shape[0],), t, dtype=torch.long)
     eps = _check_like(model(xt, steps.to(xt.device)), xt, "model(x_t, t)")
-    ab_t = _at(schedule.alpha_bars, 1.0, t, xt)
-    omab_t = _at(schedule.one_minus_alpha_bars, 0.0, t, xt)
-    x0 = (xt - omab_t.sqrt() * eps) / ab_t.sqrt()
+    x0 = predict_x0_from_eps(schedule, xt, t, eps)
     if clip_x0:  # clip the prediction, then use the noise consistent with it
         x0 = x0.clamp(-1.0, 1.0)
-        eps = (xt - ab_t.sqrt() * x0) / omab_t.sqrt()
+        eps = predict_eps_from_x0(schedule, xt, t, x0)
     ab_s = _at(schedule.alpha_bars, 1.0, t_prev, xt)
     omab_s = _at(schedule.one_minus_alpha_bars, 0.0, t_prev, xt)
     variance = _variance(schedule, t, t_prev, eta, xt)

@@ -52,7 +52,9 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import check_batch, draw_normal, draw_uniform, output_like, positive_int
+from .ddpm import eps_to_score
 from .schedules import Schedule
+from .score_matching import _exact_trace, _probe_forms
 from .toy import GaussianMixture
 
 __all__ = [
@@ -746,30 +748,20 @@ def _draw_probes(shape, kind: str, generator, x: Tensor) -> Tensor:
 
 
 def _value_and_divergence(f: Drift, x: Tensor, t: Tensor, probes: Tensor | None):
-    """f(x, t) and its divergence: exact (probes None) or sum-mean over probes (P, *x.shape)."""
+    """f(x, t) and its divergence: exact (probes None) or mean over probes (P, *x.shape)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         out = output_like(f(x, t), x, "f")
         if probes is None:
-            flat = out.flatten(1)
-            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            for i in range(flat.shape[1]):
-                (grad,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=True)
-                div = div + grad.flatten(1)[:, i]
+            div = _exact_trace(out, x, create_graph=False)
         else:
-            div = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            for v in probes:
-                (vjp,) = torch.autograd.grad(out, x, grad_outputs=v, retain_graph=True)
-                div = div + _sum_per_sample(vjp * v)
-            div = div / probes.shape[0]
+            div = _probe_forms(out, x, probes, create_graph=False).mean(0)
     return out.detach(), div.detach()
 
 
 def exact_divergence(f: Drift, x: Tensor, t: Tensor | float) -> Tensor:
     """div_x f(x, t) = trace of the Jacobian, one autograd pass per dimension, shape (N,)."""
-    x = _check_x(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (N, ...) with data dimensions, got {tuple(x.shape)}")
+    x = check_batch(x)
     return _value_and_divergence(f, x, _times(t, x), None)[1]
 
 
@@ -788,9 +780,7 @@ def hutchinson_divergence(
     vector-Jacobian product instead of one pass per dimension; the estimate is the mean over
     ``n_probes`` probes.
     """
-    x = _check_x(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (N, ...) with data dimensions, got {tuple(x.shape)}")
+    x = check_batch(x)
     n_probes = positive_int(n_probes, "n_probes")
     kind = _check_choice(kind, "kind", ("rademacher", "gaussian"))
     probes = _draw_probes((n_probes, *x.shape), kind, generator, x)
@@ -828,9 +818,7 @@ def log_likelihood(
     of ``sde.marginal(eps)``).
     """
     _check_sde(sde)
-    x = _check_x(x)
-    if x.ndim < 2:
-        raise ValueError(f"x must have shape (N, ...) with data dimensions, got {tuple(x.shape)}")
+    x = check_batch(x)
     eps = _check_eps(eps, sde)
     divergence = _check_choice(divergence, "divergence", ("exact", "hutchinson"))
     probes = None
@@ -845,7 +833,7 @@ def log_likelihood(
         value, div = _value_and_divergence(velocity, y, t, probes)
         return torch.cat([value.flatten(1), div[:, None]], dim=1)
 
-    start = torch.cat([x.detach().flatten(1), torch.zeros_like(x[:, :1].flatten(1)[:, :1])], 1)
+    start = torch.cat([x.detach().flatten(1), x.new_zeros(x.shape[0], 1)], 1)
     end = solve_ode(augmented, start, eps, sde.T, rtol=rtol, atol=atol, stats=stats)
     prior = sde.prior_log_prob(end[:, :-1].reshape(shape))
     return prior + end[:, -1]
@@ -1010,7 +998,6 @@ def score_from_eps(eps_model: Callable[[Tensor, Tensor], Tensor], schedule: Sche
     def score(x: Tensor, t: Tensor) -> Tensor:
         t = _times(t, x)
         steps = torch.round(t.double() * T - 1).clamp(0, T - 1).long()
-        eps = output_like(eps_model(x, steps), x, "eps_model")
-        return -eps / schedule.gather("sqrt_one_minus_alpha_bars", steps, x)
+        return eps_to_score(schedule, output_like(eps_model(x, steps), x, "eps_model"), steps)
 
     return score
