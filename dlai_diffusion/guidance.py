@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import ddpm
-from ._utils import draw_uniform
+from ._utils import check_batch, draw_uniform
+from .ddpm import _check_schedule, _draw_steps
 from .nets import TimeEmbedding
 from .schedules import Schedule
 from .toy import GaussianMixture
@@ -81,14 +82,6 @@ ConditionalModel = Callable[..., Tensor]
 Classifier = Callable[[Tensor, Tensor], Tensor]
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_schedule(schedule: object) -> Schedule:
-    if not isinstance(schedule, Schedule):
-        raise TypeError(
-            f"schedule must be a dlai_diffusion.schedules.Schedule, got {type(schedule).__name__}"
-        )
-    return schedule
 
 
 def _check_callable(fn: object, name: str, signature: str) -> None:
@@ -415,12 +408,10 @@ def noisy_classifier_loss(
     """
     _check_callable(classifier, "classifier", "classifier(x, t) -> logits (N, K)")
     _check_schedule(schedule)
-    if not isinstance(x0, Tensor) or x0.ndim < 2 or not x0.is_floating_point():
-        raise ValueError("x0 must be a floating tensor of shape (N, d) or (N, C, H, W)")
+    check_batch(x0, "x0")
     labels = _labels(y, x0.shape[0], x0.device)
     if t is None:
-        source = generator.device if generator is not None else torch.device("cpu")
-        t = torch.randint(schedule.T, (x0.shape[0],), generator=generator, device=source)
+        t = _draw_steps(x0.shape[0], schedule.T, generator, x0.device)
     t = schedule.check_steps(t, x0.shape[0]).to(x0.device)
     xt = ddpm.q_sample(schedule, x0, t, noise, generator)
     return F.cross_entropy(classifier(xt, t), labels)

@@ -404,11 +404,13 @@ def score_error(
     return torch.where(error == 0, error, error / _squared_norm(truth).sqrt())
 
 
+@torch.no_grad()
 def relative_score_mse(score_fn: ScoreFn, true_score_fn: ScoreFn, x: Tensor) -> float:
     """E ||s(x) - s*(x)||^2 / E ||s*(x)||^2 over the points ``x`` (a sample of the law under
     which the score is judged): twice the Fisher divergence of notes Eq. 9 in units of the
     true score's mean square, so 0 for the exact score and 1 for the zero score. Unlike the
     mean of :func:`score_error`, it stays finite where the true score vanishes."""
-    squared = score_error(score_fn, true_score_fn, x, relative=False).pow(2).mean()
+    _check_batch(x)
     truth = output_like(true_score_fn(x), x, "true_score_fn")
+    squared = _squared_norm(output_like(score_fn(x), x, "score_fn") - truth).mean()
     return (squared / _squared_norm(truth).mean()).item()

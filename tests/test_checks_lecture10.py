@@ -149,12 +149,21 @@ def test_drop_labels_check_rejects_mistakes(answer, message):
         check.drop_labels(answer)
 
 
-def test_check_mixture_log_prob_is_normalised():
+def test_check_mixture_log_prob_is_bayes_rule_on_the_noised_mixture():
+    """log p(k | x_t) written out: x_t | k ~ N(a m_k, (a^2 s_k^2 + 1 - alpha_bar_t) I) with
+    a = sqrt(alpha_bar_t), weighted by w_k and normalised over k."""
     from dlai_diffusion.schedules import Schedule
 
     mixture, schedule = check.check_mixture(), Schedule.linear(30)
     log_prob = check.mixture_log_prob_fn(mixture, schedule)
-    x = torch.randn(5, 2, dtype=torch.float64)
-    t = torch.full((5,), 10)
-    total = sum(log_prob(x, t, torch.full((5,), k)).exp() for k in range(3))
-    assert torch.allclose(total, torch.ones(5, dtype=torch.float64))
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    t = 10
+    alpha_bar = schedule.alpha_bars[t].double()
+    means = alpha_bar.sqrt() * mixture.means.double()
+    variances = alpha_bar * mixture.stds.double() ** 2 + 1 - alpha_bar
+    squared = ((x[:, None, :] - means[None]) ** 2).sum(-1)
+    log_joint = mixture.weights.double().log() - squared / (2 * variances) - variances.log()
+    expected = torch.log_softmax(log_joint, dim=1)  # in 2D, log N = -|x-m|^2/2v - log v + c
+    for k in range(3):
+        got = log_prob(x, torch.full((5,), t), torch.full((5,), k))
+        torch.testing.assert_close(got, expected[:, k])

@@ -50,10 +50,9 @@ _LAST_ENTRY = (
 )
 
 
-def _ddim_terms(alpha_bars, t, s, eta, ab_s=None):
+def _ddim_terms(alpha_bars, t, s, eta):
     ab_t = alpha_bars[t]
-    if ab_s is None:
-        ab_s = alpha_bars[s] if s >= 0 else torch.ones((), dtype=alpha_bars.dtype)
+    ab_s = alpha_bars[s] if s >= 0 else torch.ones((), dtype=alpha_bars.dtype)
     sigma = eta * torch.sqrt((1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s))
     return ab_t, ab_s, sigma
 
