@@ -383,16 +383,9 @@ def mixture_velocity(mixture: GaussianMixture, sigma_min: float = 0.0) -> Veloci
     def velocity(x: Tensor, t: Tensor | float) -> Tensor:
         _check_batch(x, "x")
         c = path_coefficients(_times(t, x), sigma_min)  # (N, 1)
-        means, stds = mixture.means.to(x), mixture.stds.to(x)
-        weights = mixture.weights.to(x)
-        variances = c.alpha**2 * stds**2 + c.sigma**2  # (N, K)
-        offsets = x[:, None, :] - c.alpha[:, :, None] * means  # (N, K, d)
-        log_joint = (
-            weights.log()
-            - 0.5 * offsets.pow(2).sum(-1) / variances
-            - 0.5 * x.shape[1] * variances.log()
-        )
+        offsets, variances, log_joint = mixture.noised_terms(x, c.alpha, c.sigma)
         posterior = torch.softmax(log_joint, dim=-1)  # p(k | x_t), (N, K)
+        means, stds = mixture.means.to(x), mixture.stds.to(x)
         gains = (c.sigma * c.d_sigma + c.alpha * c.d_alpha * stds**2) / variances
         per_component = c.d_alpha[:, :, None] * means + gains[:, :, None] * offsets
         return (posterior[:, :, None] * per_component).sum(1)

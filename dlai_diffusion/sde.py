@@ -473,14 +473,8 @@ def _noised_mixture_terms(mixture: GaussianMixture, sde: SDE, x: Tensor, t: obje
     if x.ndim != 2 or x.shape[1] != mixture.dim:
         raise ValueError(f"x must have shape (N, {mixture.dim}), got {tuple(x.shape)}")
     t = _times(t, x)
-    scale, std = (v.to(x) for v in _check_sde(sde).marginal(t))
-    means, stds, weights = (p.to(x) for p in (mixture.means, mixture.stds, mixture.weights))
-    variances = (scale[:, None] * stds) ** 2 + std[:, None] ** 2
-    offsets = x[:, None, :] - scale[:, None, None] * means
-    log_normal = -0.5 * offsets.pow(2).sum(-1) / variances - 0.5 * mixture.dim * (
-        variances.log() + _LOG_2PI
-    )
-    return offsets, variances, weights.log() + log_normal
+    scale, std = _check_sde(sde).marginal(t)
+    return mixture.noised_terms(x, scale, std)
 
 
 def mixture_log_prob(mixture: GaussianMixture, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:

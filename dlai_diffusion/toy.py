@@ -323,6 +323,19 @@ class GaussianMixture:
         stds = torch.hypot(alpha * self.stds, torch.full_like(self.stds, sigma))
         return GaussianMixture(alpha * self.means, stds, self.weights)
 
+    def noised_terms(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, ...]:
+        """:meth:`diffuse` with one (alpha, sigma) per point: for x (N, d) and alpha, sigma
+        (N,), the offsets x - alpha m_k (N, K, d), the variances v_k = alpha^2 s_k^2 + sigma^2
+        (N, K) and the log joints log w_k + log N(x; alpha m_k, v_k I) (N, K), from which exact
+        scores, posteriors and velocities of a noised mixture at per-sample times follow."""
+        means, stds, weights = (p.to(x) for p in (self.means, self.stds, self.weights))
+        alpha, sigma = alpha.to(x).reshape(-1, 1), sigma.to(x).reshape(-1, 1)
+        variances = (alpha * stds) ** 2 + sigma**2
+        offsets = x[:, None, :] - alpha[:, :, None] * means
+        squared = offsets.pow(2).sum(-1)
+        log_normal = -0.5 * squared / variances - 0.5 * self.dim * (variances.log() + _LOG_2PI)
+        return offsets, variances, weights.log() + log_normal
+
     def perturb(self, sigma) -> GaussianMixture:
         """The exact law of x + sigma z (variance-exploding noise), sigma >= 0.
 

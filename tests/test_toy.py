@@ -393,3 +393,27 @@ def test_dataset_errors():
         toy.sample("moons", True)
     with pytest.raises(ValueError, match="noise"):
         toy.moons(10, noise=-1.0)
+
+
+def test_noised_terms_give_each_point_the_law_of_its_own_noise_level():
+    """Row i of the log joints is scipy's log w_k + log N(x_i; a_i m_k, (a_i^2 s_k^2 + s_i^2) I),
+    and a constant (a, s) reproduces diffuse(a, s)."""
+    mixture = GaussianMixture(
+        [[0.0, 1.0], [2.0, -1.0], [-1.5, 0.5]], [0.3, 0.6, 0.2], [0.5, 0.3, 0.2]
+    )
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    alpha = torch.tensor([1.0, 0.8, 0.5, 0.1], dtype=torch.float64)
+    sigma = torch.tensor([0.0, 0.6, 0.9, 1.0], dtype=torch.float64)
+    offsets, variances, log_joint = mixture.noised_terms(x, alpha, sigma)
+    for i in range(4):
+        for k in range(3):
+            mean = alpha[i].item() * mixture.means[k].double().numpy()
+            var = alpha[i].item() ** 2 * mixture.stds[k].item() ** 2 + sigma[i].item() ** 2
+            expected = math.log(mixture.weights[k].item()) + multivariate_normal(
+                mean, var * np.eye(2)
+            ).logpdf(x[i].numpy())
+            assert log_joint[i, k].item() == pytest.approx(expected, rel=1e-10)
+            assert variances[i, k].item() == pytest.approx(var, rel=1e-10)
+            np.testing.assert_allclose(offsets[i, k].numpy(), x[i].numpy() - mean, rtol=1e-12)
+    same = mixture.noised_terms(x, torch.full((4,), 0.7), torch.full((4,), 0.4))[2]
+    torch.testing.assert_close(same, mixture.diffuse(0.7, 0.4).log_prob_components(x))
