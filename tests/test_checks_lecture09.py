@@ -133,7 +133,12 @@ def test_the_package_estimator_agrees_with_the_reference():
     net = check._net(3, torch.float64, 5)
     x = torch.randn(7, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     t = torch.full((7,), 0.3, dtype=torch.float64)
-    estimate = sde.hutchinson_divergence(net, x, t, n_probes=200, generator=torch.Generator())
+    estimate = sde.hutchinson_divergence(
+        net, x, t, n_probes=200, generator=torch.Generator().manual_seed(2)
+    )
+    probes = sde._draw_probes((200, 7, 3), "rademacher", torch.Generator().manual_seed(2), x)
+    reference = check.reference_hutchinson_divergence(net, x, t, probes)
+    torch.testing.assert_close(estimate, reference, rtol=1e-10, atol=1e-12)  # the same probes
     exact = check._exact_divergence(net, x, t)
     assert torch.allclose(estimate, exact, atol=0.15 * exact.abs().max().item() + 0.05)
 
