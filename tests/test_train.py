@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 
 import numpy as np
 import pytest
@@ -170,12 +171,23 @@ def test_bad_arguments_are_named():
         train(model, _mse, [1], 0, checkpoint_extra={"f": print}, progress=False)
 
 
-def test_bf16_request_is_ignored_on_cpu_with_a_warning():
+def test_bf16_autocast_runs_the_loss_in_bf16_on_cpu_and_keeps_fp32_weights():
     model = nn.Linear(3, 1)
     x, y = _regression_data(32)
-    with pytest.warns(UserWarning, match="CUDA only"):
-        result = train(model, _mse, [(x, y)], 2, amp="bf16", progress=False)
+    seen = []
+
+    def loss(m, batch, generator):
+        out = m(batch[0])
+        seen.append(out.dtype)
+        return (out.float() - batch[1]).pow(2).mean()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = train(model, loss, [(x, y)], 2, amp="bf16", progress=False)
+    assert seen == [torch.bfloat16, torch.bfloat16]
     assert len(result.losses) == 2 and model.weight.dtype == torch.float32
+    train(model, loss, [(x, y)], 1, progress=False)
+    assert seen[-1] == torch.float32
 
 
 def test_progress_bar_is_silent_in_fast_mode(capsys, monkeypatch):
