@@ -12,7 +12,9 @@ markup (schema 3), so instructors can also run nbgrader's own ``generate_assignm
 
 Outputs and execution counts are cleared, and the Colab badge of each notebook points at its
 own path. The same command refreshes the badges and Colab install cells of ``notebooks/``
-and ``solutions/`` from :mod:`dlai_diffusion.course`, the one place that knows the URL.
+and ``solutions/`` from :mod:`dlai_diffusion.course`, the one place that knows the URL, and
+gives every notebook the kernelspec the installed ipykernel writes (so that opening and
+saving a notebook in JupyterLab changes nothing).
 """
 
 from __future__ import annotations
@@ -90,9 +92,7 @@ def refresh_colab_cells(nb, path: str) -> None:
     """Point the badge at ``path`` and renew the Colab install cell, in place."""
     for cell in nb.cells:
         if cell.cell_type == "markdown" and course.BADGE_MARKER in cell.source:
-            cell.source = re.sub(
-                re.escape(course.BADGE_MARKER) + r".*", course.colab_badge(path), cell.source
-            )
+            cell.source = course.refresh_badge(cell.source, path)
         elif cell.cell_type == "code" and cell.source.startswith(course.INSTALL_MARKER):
             cell.source = course.colab_install_source().rstrip("\n")
 
@@ -131,8 +131,9 @@ def _write_if_changed(nb, path: Path) -> bool:
 def make_exercises(root: str | Path = ".", out: str | Path | None = None) -> list[Path]:
     """Generate ``exercises/`` from ``solutions/`` under ``root``; return the files written.
 
-    Also refreshes the Colab cells of ``notebooks/`` and ``solutions/``. Exercises that no
-    longer have a solution are removed. ``out`` redirects the exercises (used by the tests).
+    Also refreshes the Colab cells and kernelspecs of ``notebooks/`` and ``solutions/`` and
+    writes the course index (``index.ipynb``, from the README's course map). Exercises that
+    no longer have a solution are removed. ``out`` redirects the exercises (used by the tests).
     """
     root = Path(root)
     solutions = root / "solutions"
@@ -141,15 +142,23 @@ def make_exercises(root: str | Path = ".", out: str | Path | None = None) -> lis
     out = root / "exercises" if out is None else Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    kernelspec = course.current_kernelspec()
     for folder in ("notebooks", "solutions"):
         for path in sorted((root / folder).glob("*.ipynb")):
             nb = nbformat.read(path, as_version=4)
             refresh_colab_cells(nb, f"{folder}/{path.name}")
+            course.normalise_metadata(nb, kernelspec)
             if _write_if_changed(nb, path):
                 written.append(path)
+    if (root / "README.md").is_file():
+        index = course.index_notebook((root / "README.md").read_text(encoding="utf-8"))
+        course.normalise_metadata(index, kernelspec)
+        if _write_if_changed(index, root / course.INDEX):
+            written.append(root / course.INDEX)
     expected = set()
     for path in sorted(solutions.glob("*.ipynb")):
         nb = make_exercise(nbformat.read(path, as_version=4), f"exercises/{path.name}")
+        course.normalise_metadata(nb, kernelspec)
         expected.add(path.name)
         if _write_if_changed(nb, out / path.name):
             written.append(out / path.name)

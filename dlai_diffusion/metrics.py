@@ -47,7 +47,12 @@ __all__ = [
     "LENET_WEIGHTS",
     "METRICS",
     "FloorComparison",
+    "DigitJudgement",
+    "JUDGE_WEIGHTS",
     "LeNet",
+    "NOT_A_DIGIT",
+    "judge_digits",
+    "load_digit_judge",
     "SampleFloor",
     "classifier_confidence",
     "classifier_fid",
@@ -68,6 +73,12 @@ __all__ = [
 
 LENET_WEIGHTS = Path(__file__).resolve().parent / "assets" / "lenet_mnist.pt"
 """Where the trained LeNet weights live (written by ``scripts/train_lenet.py``)."""
+
+JUDGE_WEIGHTS = Path(__file__).resolve().parent / "assets" / "digit_judge.safetensors"
+"""The digit judge's weights (written by ``scripts/train_lenet.py --judge``)."""
+
+NOT_A_DIGIT = 10
+"""The digit judge's 11th class: noise, heavy blur, pixel-shuffled digits, blends of two."""
 
 _BLOCK_ELEMENTS = 1 << 22  # about 4M pairwise entries (16 MB in float32) per block
 
@@ -481,18 +492,19 @@ def fid_from_features(features1: Tensor, features2: Tensor) -> float:
 class LeNet(nn.Module):
     """A small LeNet-5-style digit classifier (LeCun et al., 1998), about 62k parameters.
 
-    conv 5x5 (8) -> max-pool -> conv 5x5 (16) -> max-pool -> 120 -> 84 -> 10 logits, ReLUs.
-    Input: (N, 1, 28, 28) images in [-1, 1]. :meth:`features` returns the 84 penultimate
-    activations used by :func:`classifier_fid`.
+    conv 5x5 (8) -> max-pool -> conv 5x5 (16) -> max-pool -> 120 -> 84 -> ``n_classes``
+    logits, ReLUs. Input: (N, 1, 28, 28) images in [-1, 1]. :meth:`features` returns the 84
+    penultimate activations used by :func:`classifier_fid`. The digit judge
+    (:func:`judge_digits`) is the same network with an 11th class, "not a digit".
     """
 
-    def __init__(self) -> None:
+    def __init__(self, n_classes: int = 10) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 8, 5, padding=2)
         self.conv2 = nn.Conv2d(8, 16, 5)
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
         self.fc2 = nn.Linear(120, 84)
-        self.head = nn.Linear(84, 10)
+        self.head = nn.Linear(84, n_classes)
 
     def features(self, x: Tensor) -> Tensor:
         x = F.max_pool2d(F.relu(self.conv1(x)), 2)
@@ -520,6 +532,56 @@ def load_lenet(device: torch.device | str | None = None) -> LeNet:
     model.load_state_dict(_lenet_state())
     model.requires_grad_(False)
     return model.eval().to("cpu" if device is None else device)
+
+
+@functools.lru_cache(maxsize=1)
+def _judge_state() -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    if not JUDGE_WEIGHTS.exists():
+        raise FileNotFoundError(
+            f"digit judge weights not found at {JUDGE_WEIGHTS}; create them with "
+            "`python scripts/train_lenet.py --judge`"
+        )
+    return {k: v.float() for k, v in load_file(str(JUDGE_WEIGHTS)).items()}
+
+
+def load_digit_judge(device: torch.device | str | None = None) -> LeNet:
+    """The digit judge: a :class:`LeNet` with 11 classes, the digits and :data:`NOT_A_DIGIT`,
+    trained on MNIST and on non-digits made from it (Gaussian and smoothed noise, heavy
+    blur, pixel-shuffled digits, blends of two digits). Eval mode, no gradients."""
+    model = LeNet(n_classes=11)
+    model.load_state_dict(_judge_state())
+    model.requires_grad_(False)
+    return model.eval().to("cpu" if device is None else device)
+
+
+@dataclass(frozen=True)
+class DigitJudgement:
+    """What the digit judge says of each image: ``label`` (N,) in 0..10 (10: not a digit),
+    ``confidence`` (N,) the probability of that label, ``digit_probability`` (N,) the total
+    probability of the ten digit classes."""
+
+    label: Tensor
+    confidence: Tensor
+    digit_probability: Tensor
+
+    @property
+    def recognisable(self) -> Tensor:
+        """Boolean (N,): the judge's answer is a digit, with probability at least 0.5."""
+        return (self.label != NOT_A_DIGIT) & (self.confidence >= 0.5)
+
+
+def judge_digits(images: Tensor, batch_size: int = 1000) -> DigitJudgement:
+    """Whether each image (N, 1, 28, 28) in [-1, 1] is a recognisable digit, and which.
+
+    Unlike the 10-class :class:`LeNet`, which is confident on noise (about 0.9), the judge
+    has a "not a digit" class, so a count of recognisable samples means something; compare
+    it with the count on real test digits (see tests/test_metrics.py)."""
+    model = load_digit_judge(_mnist_images(images).device)
+    probabilities = _batched(LeNet.forward, images, model, batch_size).softmax(dim=1)
+    confidence, label = probabilities.max(dim=1)
+    return DigitJudgement(label, confidence, 1 - probabilities[:, NOT_A_DIGIT])
 
 
 def _mnist_images(images: object) -> Tensor:

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .config import fast_or
+from .config import progress_enabled
 
 __all__ = [
     "CHECKPOINT_NAME",
@@ -500,7 +500,8 @@ def train(
     Every ``log_every`` steps the losses are read from the device, checked (a NaN or
     infinite loss or gradient norm raises :class:`TrainingDiverged` naming the step and what
     to try), shown on the progress bar and passed to ``callback(step, loss)``, which may
-    return True to stop early. The bar (``tqdm.auto``) is silent in fast mode unless
+    return True to stop early. The bar (``tqdm.auto``) is silent in fast mode and in
+    headless runs (:func:`~dlai_diffusion.config.progress_enabled`) unless
     ``progress=True``, and off with ``progress=False``.
 
     With ``checkpoint_dir`` a checkpoint (``CHECKPOINT_NAME``) is written atomically every
@@ -599,7 +600,7 @@ def train(
         pending.clear()
         pending_logs.clear()
 
-    show = progress if progress is not None else fast_or(True, False)
+    show = progress if progress is not None else progress_enabled()
     bar = tqdm(total=steps, initial=min(step, steps), disable=not show, desc="training")
     was_training = model.training
     model.train()

@@ -33,9 +33,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from dlai_diffusion import recipes  # noqa: E402
+from dlai_diffusion import evaluation, metrics, pretrained, recipes  # noqa: E402
+from dlai_diffusion.schedules import Schedule  # noqa: E402
+from dlai_diffusion.train import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
 
 PHASES = ("train", "evaluate", "export")
+SHARES = {"cfg-mnist": {"ddpm-mnist": "null-label"}}
+"""Names served by another recipe's network, and how (see dlai_diffusion.pretrained)."""
 
 
 def default_work(name: str, device: str) -> Path:
@@ -67,6 +71,189 @@ def train_phase(recipe: recipes.Recipe, work: Path, device: str, steps: int | No
           f"{result.seconds:.0f} s, last loss {result.losses[-1]:.4f}")
 
 
+def trained_network(recipe: recipes.Recipe, work: Path, device: str):
+    """The EMA weights of the finished run, rounded to half precision as they ship."""
+    net = recipes.build_model(recipe)
+    state = load_checkpoint(work / CHECKPOINT_NAME, net, weights="ema")
+    if state["step"] < recipe.steps:
+        raise SystemExit(f"{recipe.name}: training stopped at step {state['step']} of "
+                         f"{recipe.steps}; run the train phase first")
+    return pretrained.half_precision_copy(net).eval().requires_grad_(False).to(device), state
+
+
+def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, dict]:
+    """The figures of cfg-mnist and of ddpm-mnist (its null label); see evaluation."""
+    from dlai_diffusion import ddim, ddpm, guidance, sde
+
+    schedule = Schedule.linear(1000).to(device)
+    reference, other = evaluation.mnist_reference(n, seed)
+    floor = evaluation.fid_against(other, reference)
+    uncond = pretrained.NullLabel(net, net.n_classes)
+    common = {"n": n, "reference": f"{n} MNIST test digits", "fid_floor": floor,
+              "precision": "bf16 autocast" if bf16 else "float32", "clip_x0": True}
+    generator = torch.Generator().manual_seed(seed)
+
+    def fid_of(sampler, labels=None):
+        start = time.time()
+        samples = evaluation.draw(sampler, n, labels=labels, generator=generator, device=device,
+                                  bf16=bf16)
+        return samples, evaluation.fid_against(samples, reference), time.time() - start
+
+    ancestral, fid_ancestral, seconds = fid_of(
+        lambda x, y: ddpm.sample_ddpm(uncond, x, schedule, clip_x0=True, generator=generator))
+    judged = metrics.judge_digits(ancestral[:64])
+    real = metrics.judge_digits(reference[:64])
+    print(f"ancestral: FID {fid_ancestral:.2f} (floor {floor:.2f}), "
+          f"{int(judged.recognisable.sum())}/64 recognisable ({seconds:.0f} s)", flush=True)
+    ddim_fid = {}
+    for steps in (10, 20, 50, 100):
+        _, ddim_fid[steps], seconds = fid_of(
+            lambda x, y, k=steps: ddim.sample_ddim(uncond, x, schedule, k, clip_x0=True))
+        print(f"DDIM {steps}: FID {ddim_fid[steps]:.2f} ({seconds:.0f} s)", flush=True)
+
+    labels = torch.arange(n) % 10
+    weights = (0.0, 0.5, 1.0, 2.0, 4.0)
+    accuracy, diversity, fid_w = {}, {}, {}
+    for w in weights:
+        samples, fid_w[w], seconds = fid_of(
+            lambda x, y, s=1 + w: ddim.sample_ddim(
+                guidance.classifier_free_eps(net, y, s), x, schedule, 50, clip_x0=True),
+            labels)
+        accuracy[w], diversity[w] = evaluation.accuracy_and_diversity(samples, labels)
+        print(f"CFG w = {w}: accuracy {accuracy[w]:.3f}, diversity {diversity[w]:.3f}, "
+              f"FID {fid_w[w]:.2f} ({seconds:.0f} s)", flush=True)
+
+    n_ll = min(256, n)
+    x0 = reference[:n_ll].to(device)
+    dequantised = x0 + torch.rand(x0.shape, generator=generator).to(device) / 127.5
+    vp = sde.VPSDE.from_schedule(schedule)
+    start = time.time()
+    nll = -sde.log_likelihood(sde.score_from_eps(uncond, schedule), vp, dequantised,
+                              divergence="hutchinson", generator=generator)
+    ode_bpd = sde.bits_per_dim(nll, x0[0].numel())
+    ode_seconds = time.time() - start
+    bound = ddpm.variational_bound(uncond, schedule, x0, "beta", "discretized", generator)
+    bound_bpd = bound.bits_per_dim
+    print(f"bits/dim on {n_ll} test digits: ODE {ode_bpd.mean():.3f} +- "
+          f"{ode_bpd.std() / n_ll**0.5:.3f} ({ode_seconds:.0f} s), bound "
+          f"{bound_bpd.mean():.3f} +- {bound_bpd.std() / n_ll**0.5:.3f}", flush=True)
+
+    def se(values: torch.Tensor) -> float:
+        return (values.std() / values.numel() ** 0.5).item()
+
+    ddpm_quality = {
+        **common,
+        "ancestral_steps": 1000,
+        "ancestral_variance": "beta",
+        "fid_ancestral": fid_ancestral,
+        "recognisable_of_64": int(judged.recognisable.sum()),
+        "recognisable_of_64_real": int(real.recognisable.sum()),
+        "judge_confidence": judged.confidence.mean().item(),
+        "judge_confidence_real": real.confidence.mean().item(),
+        "fid_ddim_eta0": ddim_fid,
+        "likelihood_digits": n_ll,
+        "bits_per_dim_ode": ode_bpd.mean().item(),
+        "bits_per_dim_ode_se": se(ode_bpd),
+        "bits_per_dim_ode_estimator": "Hutchinson, 1 Rademacher probe, RK45 rtol=atol=1e-5, "
+                                      "uniform dequantisation",
+        "bits_per_dim_bound": bound_bpd.mean().item(),
+        "bits_per_dim_bound_se": se(bound_bpd),
+    }
+    cfg_quality = {
+        **common,
+        "sampler": "DDIM, 50 steps, eta = 0",
+        "guidance_weight_convention": "w of Ho & Salimans; the course's scale is s = 1 + w",
+        "labels": "balanced, n / 10 per digit",
+        "accuracy": accuracy,
+        "within_class_diversity": diversity,
+        "fid": fid_w,
+    }
+    return {"cfg-mnist": cfg_quality, "ddpm-mnist": ddpm_quality}
+
+
+def evaluate_noisy_classifier(net, device: str, n: int, bf16: bool, seed: int) -> dict:
+    """Clean accuracy on every test digit, and classifier guidance of ddpm-mnist."""
+    from dlai_diffusion import ddim, guidance
+    from dlai_diffusion.data import load_mnist
+
+    test = load_mnist("test", subset=False)
+    with torch.no_grad():
+        t0 = torch.zeros(len(test), dtype=torch.long)
+        logits = torch.cat([net(x.to(device), t.to(device)).cpu()
+                            for x, t in zip(test.images.split(1000), t0.split(1000), strict=True)])
+    clean = (logits.argmax(1) == test.labels).float().mean().item()
+    print(f"noisy classifier: {clean:.4f} accurate on {len(test)} clean test digits", flush=True)
+    model = pretrained.load("ddpm-mnist", device)
+    schedule = Schedule.linear(1000).to(device)
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    accuracy, diversity = {}, {}
+    for scale in (0.0, 1.0, 2.0, 4.0, 8.0):
+        samples = evaluation.draw(
+            lambda x, y, s=scale: ddim.sample_ddim(
+                guidance.classifier_guided_eps(model, net, schedule, y, s), x, schedule, 50,
+                clip_x0=True),
+            n, labels=labels, generator=generator, device=device, bf16=bf16)
+        accuracy[scale], diversity[scale] = evaluation.accuracy_and_diversity(samples, labels)
+        print(f"classifier guidance s = {scale}: accuracy {accuracy[scale]:.3f}", flush=True)
+    best = max(accuracy, key=accuracy.get)
+    return {"noisy-classifier-mnist": {
+        "clean_test_accuracy": clean, "clean_test_digits": len(test),
+        "guided_model": "ddpm-mnist", "sampler": "DDIM, 50 steps, eta = 0", "n": n,
+        "precision": "bf16 autocast" if bf16 else "float32",
+        "guided_accuracy": accuracy, "within_class_diversity": diversity,
+        "best_scale": best, "best_accuracy": accuracy[best]}}
+
+
+def evaluate_phase(recipe, work: Path, device: str, n: int, bf16: bool) -> None:
+    net, _ = trained_network(recipe, work, device)
+    evaluate = {"cfg": evaluate_cfg, "noisy-classifier": evaluate_noisy_classifier}[recipe.kind]
+    start = time.time()
+    quality = evaluate(net, device, n, bf16, recipe.seed)
+    for figures in quality.values():
+        figures["evaluation_seconds"] = round(time.time() - start, 1)
+    (work / "quality.json").write_text(json.dumps(recipes.json_ready(quality), indent=1))
+
+
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def export_phase(recipe, work: Path, device: str) -> None:
+    net, state = trained_network(recipe, work, "cpu")
+    quality = json.loads((work / "quality.json").read_text())
+    timing = json.loads((work / "timing.json").read_text())
+    file = f"{recipe.name}.safetensors"
+    digest = pretrained.save_weights(net, pretrained.folder() / file)
+    record = {
+        "file": file,
+        "sha256": digest,
+        "recipe": recipe.as_dict(),
+        "steps": state["step"],
+        "images_seen": state["step"] * recipe.batch_size,
+        "train_seconds": round(sum(s["seconds"] for s in timing["sessions"]), 1),
+        "train_sessions": timing["sessions"],
+        "device": device,
+        "torch": torch.__version__,
+        "commit": _commit(),
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "final_loss": sum(state["losses"][-100:]) / len(state["losses"][-100:]),
+        "quality": quality[recipe.name],
+    }
+    pretrained.write_record(recipe.name, record)
+    for name, wrapper in SHARES.get(recipe.name, {}).items():
+        pretrained.write_record(name, {"weights_of": recipe.name, "wrapper": wrapper,
+                                       "quality": quality[name]})
+    print(f"wrote {pretrained.folder() / file} and its manifest entry")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name", choices=sorted(recipes.RECIPES))
@@ -76,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=PHASES, action="append",
                         help="run only these phases (repeatable); default all")
     parser.add_argument("--steps", type=int, help="stop training at this step (resume later)")
+    parser.add_argument("--n", type=int, default=1000, help="samples per quality figure")
+    parser.add_argument("--fp32", action="store_true", help="sample in float32, not bf16")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be a positive int, got {args.threads}")
@@ -87,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     phases = args.phase or list(PHASES)
     if "train" in phases:
         train_phase(recipe, work, device, args.steps)
+    if "evaluate" in phases:
+        evaluate_phase(recipe, work, device, args.n, not args.fp32)
+    if "export" in phases:
+        export_phase(recipe, work, device)
     return 0
 
 

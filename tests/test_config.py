@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -58,3 +59,41 @@ def test_widgets_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("DLAI_WIDGETS", "1")
     pytest.importorskip("ipywidgets")
     assert widgets_enabled() is True
+
+
+def test_progress_bars_are_off_in_fast_mode_and_headless_runs(monkeypatch):
+    monkeypatch.setenv("DLAI_FAST", "0")
+    monkeypatch.setenv("DLAI_WIDGETS", "1")
+    assert config.progress_enabled() is True
+    monkeypatch.setenv("DLAI_WIDGETS", "0")
+    assert config.progress_enabled() is False
+    monkeypatch.setenv("DLAI_WIDGETS", "1")
+    monkeypatch.setenv("DLAI_FAST", "1")
+    assert config.progress_enabled() is False
+
+
+def test_set_threads_follows_the_kind_of_work():
+    before = torch.get_num_threads()
+    try:
+        assert config.set_threads("small") == 1 == torch.get_num_threads()
+        cores = os.cpu_count() or 1
+        assert config.set_threads("images") == cores == torch.get_num_threads()
+        with pytest.raises(ValueError, match="kind"):
+            config.set_threads("huge")
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_setup_seeds_and_styles_figures_outside_ipython():
+    import matplotlib
+
+    before = torch.get_num_threads()
+    try:
+        gen = config.setup(seed=3)
+        assert torch.rand(1, generator=gen).item() == torch.rand(
+            1, generator=torch.Generator().manual_seed(3)
+        ).item()
+        assert matplotlib.rcParams["figure.dpi"] >= 100
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

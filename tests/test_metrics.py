@@ -390,3 +390,35 @@ def test_metrics_follow_cuda_inputs(digits):
     assert metrics.classifier_fid(images.cuda(), images[:100].cuda()) == pytest.approx(
         metrics.classifier_fid(images, images[:100]), rel=1e-3
     )
+
+
+# --------------------------------------------------------------------------- the digit judge
+
+
+def test_digit_judge_accepts_real_digits_and_rejects_what_is_not_one(digits):
+    _, test = digits
+    g = torch.Generator().manual_seed(1)
+    real = metrics.judge_digits(test.images)
+    assert real.recognisable.float().mean() >= 0.97
+    assert (real.label[real.recognisable] == test.labels[real.recognisable]).float().mean() > 0.99
+    x = test.images[:500]
+    not_digits = {
+        "noise": (0.8 * torch.randn(500, 1, 28, 28, generator=g) - 0.5).clamp(-1, 1),
+        "shuffled pixels": x.flatten(1)[:, torch.randperm(784, generator=g)].view_as(x),
+        "heavy blur": blur(blur(x, 2.0), 2.0),
+        "two digits averaged": (x + x.roll(1, 0)) / 2,
+    }
+    caught = {k: 1 - metrics.judge_digits(v).recognisable.float().mean().item()
+              for k, v in not_digits.items()}
+    assert min(caught["noise"], caught["shuffled pixels"], caught["heavy blur"]) >= 0.95, caught
+    assert caught["two digits averaged"] >= 0.7, caught
+    # the 10-class LeNet is sure of itself on the same noise: why the judge exists
+    assert metrics.classifier_confidence(not_digits["noise"]) > 0.5
+    light = metrics.judge_digits(blur(x, 0.7))  # a slightly soft digit is still a digit
+    assert light.recognisable.float().mean() >= 0.9
+
+
+def test_digit_judge_weights_are_safetensors():
+    with open(metrics.JUDGE_WEIGHTS, "rb") as f:
+        header = f.read(8 + int.from_bytes(f.read(8), "little"))
+    assert b'"head.weight"' in header and metrics.JUDGE_WEIGHTS.stat().st_size < 400_000

@@ -199,6 +199,13 @@ def test_progress_bar_is_silent_in_fast_mode(capsys, monkeypatch):
     assert "loss=" in capsys.readouterr().err
 
 
+def test_progress_bar_is_silent_in_headless_runs(capsys, monkeypatch):
+    monkeypatch.setenv("DLAI_FAST", "0")
+    monkeypatch.setenv("DLAI_WIDGETS", "0")
+    train(nn.Linear(3, 1), _mse, [_regression_data(16)], 3, progress=None)
+    assert capsys.readouterr().err == ""
+
+
 def test_callback_can_stop_training():
     seen = []
 
