@@ -46,7 +46,8 @@ def default_work(name: str, device: str) -> Path:
     return Path.home() / ".cache" / "dlai_diffusion" / "pretrain" / f"{name}-{device}"
 
 
-def train_phase(recipe: recipes.Recipe, work: Path, device: str, steps: int | None) -> None:
+def train_phase(recipe: recipes.Recipe, work: Path, device: str, steps: int | None,
+                subset: bool) -> None:
     log = work / "train_log.jsonl"
     start = time.time()
 
@@ -58,7 +59,7 @@ def train_phase(recipe: recipes.Recipe, work: Path, device: str, steps: int | No
                 f.write(json.dumps(line) + "\n")
 
     _, result = recipes.run(
-        recipe, work, device=device, steps=steps, subset=False, progress=True, callback=report
+        recipe, work, device=device, steps=steps, subset=subset, progress=True, callback=report
     )
     timing_path = work / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"sessions": []}
@@ -81,12 +82,18 @@ def trained_network(recipe: recipes.Recipe, work: Path, device: str):
     return pretrained.half_precision_copy(net).eval().requires_grad_(False).to(device), state
 
 
-def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, dict]:
+def _schedule(recipe: recipes.Recipe, device: str) -> Schedule:
+    return Schedule.named(recipe.process["schedule"], recipe.process["T"]).to(device)
+
+
+def evaluate_cfg(net, recipe, device: str, n: int, bf16: bool, subset: bool,
+                 ode_tol: float = 1e-5) -> dict[str, dict]:
     """The figures of cfg-mnist and of ddpm-mnist (its null label); see evaluation."""
     from dlai_diffusion import ddim, ddpm, guidance, sde
 
-    schedule = Schedule.linear(1000).to(device)
-    reference, other = evaluation.mnist_reference(n, seed)
+    seed = recipe.seed
+    schedule = _schedule(recipe, device)
+    reference, other = evaluation.mnist_reference(n, seed, subset)
     floor = evaluation.fid_against(other, reference)
     uncond = pretrained.NullLabel(net, net.n_classes)
     common = {"n": n, "reference": f"{n} MNIST test digits", "fid_floor": floor,
@@ -106,7 +113,7 @@ def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, d
     print(f"ancestral: FID {fid_ancestral:.2f} (floor {floor:.2f}), "
           f"{int(judged.recognisable.sum())}/64 recognisable ({seconds:.0f} s)", flush=True)
     ddim_fid = {}
-    for steps in (10, 20, 50, 100):
+    for steps in [k for k in (10, 20, 50, 100) if k <= schedule.T]:
         _, ddim_fid[steps], seconds = fid_of(
             lambda x, y, k=steps: ddim.sample_ddim(uncond, x, schedule, k, clip_x0=True))
         print(f"DDIM {steps}: FID {ddim_fid[steps]:.2f} ({seconds:.0f} s)", flush=True)
@@ -117,7 +124,8 @@ def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, d
     for w in weights:
         samples, fid_w[w], seconds = fid_of(
             lambda x, y, s=1 + w: ddim.sample_ddim(
-                guidance.classifier_free_eps(net, y, s), x, schedule, 50, clip_x0=True),
+                guidance.classifier_free_eps(net, y, s), x, schedule, min(50, schedule.T),
+                clip_x0=True),
             labels)
         accuracy[w], diversity[w] = evaluation.accuracy_and_diversity(samples, labels)
         print(f"CFG w = {w}: accuracy {accuracy[w]:.3f}, diversity {diversity[w]:.3f}, "
@@ -128,8 +136,10 @@ def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, d
     dequantised = x0 + torch.rand(x0.shape, generator=generator).to(device) / 127.5
     vp = sde.VPSDE.from_schedule(schedule)
     start = time.time()
+    stats: dict = {}
     nll = -sde.log_likelihood(sde.score_from_eps(uncond, schedule), vp, dequantised,
-                              divergence="hutchinson", generator=generator)
+                              divergence="hutchinson", generator=generator, rtol=ode_tol,
+                              atol=ode_tol, stats=stats)
     ode_bpd = sde.bits_per_dim(nll, x0[0].numel())
     ode_seconds = time.time() - start
     bound = ddpm.variational_bound(uncond, schedule, x0, "beta", "discretized", generator)
@@ -143,7 +153,7 @@ def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, d
 
     ddpm_quality = {
         **common,
-        "ancestral_steps": 1000,
+        "ancestral_steps": schedule.T,
         "ancestral_variance": "beta",
         "fid_ancestral": fid_ancestral,
         "recognisable_of_64": int(judged.recognisable.sum()),
@@ -154,8 +164,9 @@ def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, d
         "likelihood_digits": n_ll,
         "bits_per_dim_ode": ode_bpd.mean().item(),
         "bits_per_dim_ode_se": se(ode_bpd),
-        "bits_per_dim_ode_estimator": "Hutchinson, 1 Rademacher probe, RK45 rtol=atol=1e-5, "
-                                      "uniform dequantisation",
+        "bits_per_dim_ode_estimator": f"Hutchinson, 1 Rademacher probe, RK45 rtol = atol = "
+                                      f"{ode_tol:g}, uniform dequantisation",
+        "bits_per_dim_ode_evaluations": stats.get("nfe"),
         "bits_per_dim_bound": bound_bpd.mean().item(),
         "bits_per_dim_bound_se": se(bound_bpd),
     }
@@ -171,12 +182,13 @@ def evaluate_cfg(net, device: str, n: int, bf16: bool, seed: int) -> dict[str, d
     return {"cfg-mnist": cfg_quality, "ddpm-mnist": ddpm_quality}
 
 
-def evaluate_noisy_classifier(net, device: str, n: int, bf16: bool, seed: int) -> dict:
+def evaluate_noisy_classifier(net, recipe, device: str, n: int, bf16: bool,
+                              subset: bool, ode_tol: float = 1e-5) -> dict:
     """Clean accuracy on every test digit, and classifier guidance of ddpm-mnist."""
     from dlai_diffusion import ddim, guidance
     from dlai_diffusion.data import load_mnist
 
-    test = load_mnist("test", subset=False)
+    test = load_mnist("test", subset=subset)
     with torch.no_grad():
         t0 = torch.zeros(len(test), dtype=torch.long)
         logits = torch.cat([net(x.to(device), t.to(device)).cpu()
@@ -184,15 +196,15 @@ def evaluate_noisy_classifier(net, device: str, n: int, bf16: bool, seed: int) -
     clean = (logits.argmax(1) == test.labels).float().mean().item()
     print(f"noisy classifier: {clean:.4f} accurate on {len(test)} clean test digits", flush=True)
     model = pretrained.load("ddpm-mnist", device)
-    schedule = Schedule.linear(1000).to(device)
-    generator = torch.Generator().manual_seed(seed)
+    schedule = _schedule(recipe, device)
+    generator = torch.Generator().manual_seed(recipe.seed)
     labels = torch.arange(n) % 10
     accuracy, diversity = {}, {}
     for scale in (0.0, 1.0, 2.0, 4.0, 8.0):
         samples = evaluation.draw(
             lambda x, y, s=scale: ddim.sample_ddim(
-                guidance.classifier_guided_eps(model, net, schedule, y, s), x, schedule, 50,
-                clip_x0=True),
+                guidance.classifier_guided_eps(model, net, schedule, y, s), x, schedule,
+                min(50, schedule.T), clip_x0=True),
             n, labels=labels, generator=generator, device=device, bf16=bf16)
         accuracy[scale], diversity[scale] = evaluation.accuracy_and_diversity(samples, labels)
         print(f"classifier guidance s = {scale}: accuracy {accuracy[scale]:.3f}", flush=True)
@@ -205,11 +217,12 @@ def evaluate_noisy_classifier(net, device: str, n: int, bf16: bool, seed: int) -
         "best_scale": best, "best_accuracy": accuracy[best]}}
 
 
-def evaluate_phase(recipe, work: Path, device: str, n: int, bf16: bool) -> None:
+def evaluate_phase(recipe, work: Path, device: str, n: int, bf16: bool, subset: bool,
+                   ode_tol: float) -> None:
     net, _ = trained_network(recipe, work, device)
     evaluate = {"cfg": evaluate_cfg, "noisy-classifier": evaluate_noisy_classifier}[recipe.kind]
     start = time.time()
-    quality = evaluate(net, device, n, bf16, recipe.seed)
+    quality = evaluate(net, recipe, device, n, bf16, subset, ode_tol)
     for figures in quality.values():
         figures["evaluation_seconds"] = round(time.time() - start, 1)
     (work / "quality.json").write_text(json.dumps(recipes.json_ready(quality), indent=1))
@@ -265,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="stop training at this step (resume later)")
     parser.add_argument("--n", type=int, default=1000, help="samples per quality figure")
     parser.add_argument("--fp32", action="store_true", help="sample in float32, not bf16")
+    parser.add_argument("--ode-tol", type=float, default=1e-5,
+                        help="tolerance of the likelihood ODE solver (default 1e-5)")
+    parser.add_argument("--subset", action="store_true",
+                        help="the shipped MNIST subset instead of the full data (smoke tests)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be a positive int, got {args.threads}")
@@ -275,9 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     phases = args.phase or list(PHASES)
     if "train" in phases:
-        train_phase(recipe, work, device, args.steps)
+        train_phase(recipe, work, device, args.steps, args.subset)
     if "evaluate" in phases:
-        evaluate_phase(recipe, work, device, args.n, not args.fp32)
+        evaluate_phase(recipe, work, device, args.n, not args.fp32, args.subset, args.ode_tol)
     if "export" in phases:
         export_phase(recipe, work, device)
     return 0

@@ -114,3 +114,8 @@ def test_course_index_is_made_from_the_readme_and_links_every_notebook():
         for path in (ROOT / folder).glob("*.ipynb"):
             assert _relative(path) in linked, f"index.ipynb does not link {_relative(path)}"
     assert "README.md" in linked
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=_relative)
+def test_lectures_stay_small_enough_to_open_quickly(path):
+    assert path.stat().st_size <= 1.5 * 2**20, f"{_relative(path)}: keep figures compact"
