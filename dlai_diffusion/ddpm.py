@@ -43,7 +43,6 @@ probabilistic models".
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -680,75 +679,3 @@ def ddpm_unet(
     _check_schedule(schedule)
     overrides.setdefault("time_scale", _time_scale(schedule))
     return unet(preset, in_channels, image_size, **overrides)
-
-
-# ----------------------------------------------------------------- command line: `train ddpm`
-
-
-def _cli_steps(options, is_image: bool) -> int:
-    """T: 1000 for images (Ho et al.), 200 for 2D data as in lecture 07 (with T = 100 the
-    thin moons come out about 1.6 x the energy-distance floor, with T = 200 about 1.2 x)."""
-    if options["T"] is not None:
-        return int(options["T"])
-    return 1000 if is_image else 200
-
-
-@functools.lru_cache(maxsize=16)
-def _cached_schedule(name: str, T: int, device: str) -> Schedule:
-    return Schedule.named(name, T).to(device)
-
-
-def _cli_schedule(options, is_image: bool, device) -> Schedule:
-    return _cached_schedule(options["schedule"], _cli_steps(options, is_image), str(device))
-
-
-def _ddpm_network(data, options) -> nn.Module:
-    """``ddpm_mlp`` for 2D data, ``ddpm_unet`` (``preset``) for images."""
-    schedule = _cli_schedule(options, data.is_image, "cpu")
-    if data.is_image:
-        return ddpm_unet(schedule, options["preset"], data.shape[0], data.shape[-1])
-    return ddpm_mlp(schedule, dim=data.shape[0], hidden=options["hidden"])
-
-
-def _ddpm_cli_loss(model, batch, generator, options) -> Tensor:
-    schedule = _cli_schedule(options, batch.dim() == 4, batch.device)
-    return simple_loss(model, schedule, batch, generator)
-
-
-def _ddpm_cli_sample(model, n, data, generator, options) -> Tensor:
-    """Ancestral sampling from N(0, I); x0 is clipped to [-1, 1] for images unless told."""
-    device = next(model.parameters()).device
-    schedule = _cli_schedule(options, data.is_image, device)
-    clip = data.is_image if options["clip_x0"] is None else bool(options["clip_x0"])
-    x = draw_normal((n, *data.shape), generator, device)
-    return sample_ddpm(model, x, schedule, options["variance"], clip, generator)
-
-
-def _register_cli_model() -> None:
-    from .runs import ModelSpec, register
-
-    register(
-        ModelSpec(
-            name="ddpm",
-            summary="denoising diffusion probabilistic model: simple loss, ancestral sampling "
-            "(lecture 07)",
-            build=_ddpm_network,
-            loss=_ddpm_cli_loss,
-            sample=_ddpm_cli_sample,
-            options={
-                "schedule": "linear",
-                "T": None,
-                "variance": "beta",
-                "clip_x0": None,
-                "hidden": 128,
-                "preset": "small",
-            },
-            data="swiss_roll",
-            steps=3000,
-            batch_size=512,
-            lr=2e-3,
-        )
-    )
-
-
-_register_cli_model()

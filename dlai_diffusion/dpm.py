@@ -33,7 +33,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._utils import draw_normal
 from .ddpm import (
     ReverseGaussian,
     _check_batch,
@@ -152,49 +151,3 @@ def sample_dpm(
     "Sampling"): x_{t-1} ~ N(mu(x_t, t), sigma^2(x_t, t)), no noise at the last step. The
     callback is that of :func:`~dlai_diffusion.ddpm.sample_ddpm`."""
     return sample_ddpm(model, x_init, schedule, "learned", False, generator, callback)
-
-
-# ----------------------------------------------------------------- command line: `train dpm`
-
-
-def _dpm_network(data, options) -> DPMReverse:
-    if data.is_image:
-        raise ValueError(
-            f"the dpm model is for 2D data (lecture 06), got image data {data.name!r}; "
-            "use `dlai-diffusion train ddpm` for images"
-        )
-    schedule = Schedule.named(options["schedule"], int(options["T"]))
-    return dpm_mlp(schedule, data.shape[0], options["hidden"], variance=options["variance"])
-
-
-def _dpm_cli_loss(model, batch, generator, options) -> Tensor:
-    return dpm_loss(model, model.schedule, batch, generator)
-
-
-def _dpm_cli_sample(model, n, data, generator, options) -> Tensor:
-    device = next(model.parameters()).device
-    x = draw_normal((n, *data.shape), generator, device)
-    return sample_dpm(model, x, model.schedule, generator)
-
-
-def _register_cli_model() -> None:
-    from .runs import ModelSpec, register
-
-    register(
-        ModelSpec(
-            name="dpm",
-            summary="diffusion probabilistic model with learned mean and variance, trained on "
-            "the variational bound (lecture 06; 2D data only)",
-            build=_dpm_network,
-            loss=_dpm_cli_loss,
-            sample=_dpm_cli_sample,
-            options={"schedule": "sohl_dickstein", "T": 100, "variance": "sigmoid", "hidden": 128},
-            data="swiss_roll",
-            steps=3000,
-            batch_size=512,
-            lr=2e-3,
-        )
-    )
-
-
-_register_cli_model()

@@ -42,7 +42,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from ._utils import draw_categorical, draw_normal
+from ._utils import draw_categorical
 from .langevin import langevin_step
 from .score_matching import dsm_loss
 from .toy import GaussianMixture
@@ -507,80 +507,3 @@ def ncsn_unet(
         net = unet(preset, in_channels, image_size, norm="group", **overrides)
         return NoiseConditionalScore(net, table, "log_sigma", scale_output)
     raise ValueError(f"norm must be 'cin' or 'group', got {norm!r}")
-
-
-# ----------------------------------------------------------------- command line: `train ncsn`
-
-
-def _cli_sigmas(data, options) -> Tensor:
-    """The run's levels: sigma_max from the data unless given (NCSNv2 technique 1)."""
-    sigma_max = options["sigma_max"]
-    if sigma_max is None:
-        reference = data.reference(1000, torch.Generator().manual_seed(0))
-        sigma_max = sigma_max_from_data(reference)
-    return geometric_sigmas(sigma_max, options["sigma_min"], options["n_levels"])
-
-
-def _ncsn_network(data, options) -> NoiseConditionalScore:
-    """``ncsn_mlp`` for 2D data, ``ncsn_unet`` (``preset``, ``norm``) for images."""
-    sigmas = _cli_sigmas(data, options)
-    if data.is_image:
-        channels, size = data.shape[0], data.shape[-1]
-        return ncsn_unet(sigmas, options["preset"], channels, size, norm=options["norm"])
-    return ncsn_mlp(sigmas, dim=data.shape[0], hidden=options["hidden"])
-
-
-def _ncsn_cli_loss(model, batch, generator, options) -> Tensor:
-    return ncsn_loss(model, batch, model.sigmas, generator)
-
-
-def _ncsn_cli_sample(model, n, data, generator, options) -> Tensor:
-    """Annealed Langevin dynamics from sigma_1 * N(0, I), ending with a Tweedie step; images are
-    clamped to the data range [-1, 1]."""
-    sigmas = model.sigmas.cpu()
-    device = next(model.parameters()).device
-    x = float(sigmas[0]) * draw_normal((n, *data.shape), generator, device)
-    with torch.no_grad():
-        x = annealed_langevin(
-            model,
-            x,
-            sigmas,
-            options["n_steps_each"],
-            options["eps"],
-            final_denoise=options["final_denoise"],
-            generator=generator,
-        )
-    return x.clamp(-1.0, 1.0) if data.is_image else x
-
-
-def _register_cli_model() -> None:
-    from .runs import ModelSpec, register
-
-    register(
-        ModelSpec(
-            name="ncsn",
-            summary="noise-conditional score network, sampled by annealed Langevin dynamics "
-            "(lecture 05)",
-            build=_ncsn_network,
-            loss=_ncsn_cli_loss,
-            sample=_ncsn_cli_sample,
-            options={
-                "sigma_max": None,
-                "sigma_min": 0.01,
-                "n_levels": 10,
-                "n_steps_each": 100,
-                "eps": 5e-5,
-                "final_denoise": True,
-                "hidden": 128,
-                "preset": "small",
-                "norm": "cin",
-            },
-            data="swiss_roll",
-            steps=3000,
-            batch_size=256,
-            lr=2e-3,
-        )
-    )
-
-
-_register_cli_model()

@@ -7,12 +7,17 @@ pretraining script (``scripts/pretrain.py NAME``), the benchmarks and ``dlai-dif
 train`` all read recipes from here, so a shipped model can always be traced to one entry of
 :data:`RECIPES`.
 
-A recipe is built into a run by four small functions: :func:`build_model` (the network),
-:func:`make_loss` (``loss(model, batch, generator)`` for :func:`dlai_diffusion.train.train`),
-:func:`make_data` (a ``data(generator)`` batch callable) and :func:`run` (all of it, with
-checkpoints that resume exactly). ``recipe.on("cuda")`` returns the recipe with its GPU
-overrides applied (bigger batches, more steps); the CPU entries are sized to train within
-about 90 minutes on 2 CPU cores.
+The command line's models (``dlai-diffusion train dsm | ebm | ncsn | ddpm | dpm | flow``) are
+recipes too: their ``network`` and ``process`` entries are the options that ``--option
+KEY=VALUE`` overrides (:meth:`Recipe.with_options`), and ``data`` is their default dataset;
+:mod:`dlai_diffusion.runs` builds, trains and samples them.
+
+A course-model recipe is built into a run by four small functions: :func:`build_model` (the
+network), :func:`make_loss` (``loss(model, batch, generator)`` for
+:func:`dlai_diffusion.train.train`), :func:`make_data` (a ``data(generator)`` batch callable)
+and :func:`run` (all of it, with checkpoints that resume exactly). ``recipe.on("cuda")``
+returns the recipe with its GPU overrides applied (bigger batches, more steps); the CPU
+entries are sized to train within about 90 minutes on 2 CPU cores.
 
 ======================== ============================================================
 recipe                   what it trains
@@ -23,6 +28,8 @@ recipe                   what it trains
                          linear betas, eps-prediction)
 ``noisy-classifier-mnist`` the noise-aware classifier p(y | x_t) of classifier guidance
                          (Dhariwal & Nichol, 2021)
+``dsm`` ... ``flow``     the command line's models, one per lecture (see
+                         :data:`COMMAND_LINE_KINDS`)
 ======================== ============================================================
 """
 
@@ -40,8 +47,13 @@ from torch import nn
 
 __all__ = ["RECIPES", "Recipe", "build_model", "get", "make_data", "make_loss", "run"]
 
-KINDS = ("cfg", "noisy-classifier")
-"""What a recipe can train; :func:`build_model` and :func:`make_loss` know each."""
+COURSE_MODEL_KINDS = ("cfg", "noisy-classifier")
+"""Kinds of the shipped course models (:func:`build_model`, :func:`make_loss`, :func:`run`)."""
+
+COMMAND_LINE_KINDS = ("dsm", "ebm", "ncsn", "ddpm", "dpm", "flow")
+"""Kinds that ``dlai-diffusion train`` trains (:mod:`dlai_diffusion.runs`), one per lecture."""
+
+KINDS = COURSE_MODEL_KINDS + COMMAND_LINE_KINDS
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,24 @@ class Recipe:
             return self
         return dataclasses.replace(self, cuda={}, **self.cuda)
 
+    @property
+    def options(self) -> dict[str, Any]:
+        """``network`` and ``process`` in one mapping: the command line's options."""
+        return {**self.network, **self.process}
+
+    def with_options(self, given: Mapping[str, Any]) -> Recipe:
+        """This recipe with some options replaced (``{"sigma": 0.5}``), each in the mapping
+        (``network`` or ``process``) that holds it; an unknown name is a ValueError."""
+        unknown = sorted(set(given) - set(self.options))
+        if unknown:
+            raise ValueError(
+                f"unknown option(s) {unknown} for model {self.name!r}; it takes "
+                f"{sorted(self.options)}"
+            )
+        network = {k: given.get(k, v) for k, v in self.network.items()}
+        process = {k: given.get(k, v) for k, v in self.process.items()}
+        return dataclasses.replace(self, network=network, process=process)
+
     def as_dict(self) -> dict[str, Any]:
         """The recipe as JSON-ready plain data (what a pretrained model's record stores)."""
         return json_ready(dataclasses.asdict(self))
@@ -122,6 +152,82 @@ RECIPES: dict[str, Recipe] = {
             cuda=dict(network=dict(preset="base", n_classes=10), steps=40_000, lr=2e-4,
                       ema_decay=0.9999, warmup_steps=1000),
         ),
+        # the command line's models (lectures 03-11); "auto": the default for 2D or images
+        Recipe(
+            name="dsm",
+            summary="denoising score matching at one noise level, sampled by Langevin dynamics "
+            "(lecture 03)",
+            kind="dsm",
+            data="moons",
+            network=dict(hidden=128, preset="tiny"),
+            process=dict(sigma=0.2, step_size=0.004, n_steps=500),
+            steps=3000,
+            batch_size=256,
+            lr=2e-3,
+        ),
+        Recipe(
+            name="ebm",
+            summary="energy-based model: contrastive divergence with a replay buffer, sampled "
+            "by Langevin dynamics (lecture 04)",
+            kind="ebm",
+            data="8gaussians",
+            network=dict(hidden=128, channels=32),
+            process=dict(n_steps="auto", step_size="auto", noise_scale="auto", grad_clip="auto",
+                         alpha="auto", capacity="auto", reinit_prob=0.05, sample_steps=100,
+                         sample_from="buffer"),
+            steps=1500,
+            batch_size=256,
+            lr=2e-3,
+        ),
+        Recipe(
+            name="ncsn",
+            summary="noise-conditional score network, sampled by annealed Langevin dynamics "
+            "(lecture 05)",
+            kind="ncsn",
+            data="swiss_roll",
+            network=dict(hidden=128, preset="small", norm="cin"),
+            process=dict(sigma_max=None, sigma_min=0.01, n_levels=10, n_steps_each=100,
+                         eps=5e-5, final_denoise=True),
+            steps=3000,
+            batch_size=256,
+            lr=2e-3,
+        ),
+        Recipe(
+            name="ddpm",
+            summary="denoising diffusion probabilistic model: simple loss, ancestral sampling "
+            "(lecture 07)",
+            kind="ddpm",
+            data="swiss_roll",
+            network=dict(hidden=128, preset="small"),
+            process=dict(schedule="linear", T=None, variance="beta", clip_x0=None),
+            steps=3000,
+            batch_size=512,
+            lr=2e-3,
+        ),
+        Recipe(
+            name="dpm",
+            summary="diffusion probabilistic model with learned mean and variance, trained on "
+            "the variational bound (lecture 06; 2D data only)",
+            kind="dpm",
+            data="swiss_roll",
+            network=dict(hidden=128),
+            process=dict(schedule="sohl_dickstein", T=100, variance="sigmoid"),
+            steps=3000,
+            batch_size=512,
+            lr=2e-3,
+        ),
+        Recipe(
+            name="flow",
+            summary="flow matching / rectified flow: velocity regression, ODE sampling "
+            "(lecture 11)",
+            kind="flow",
+            data="moons",
+            network=dict(hidden=128, preset="small"),
+            process=dict(sigma_min=0.0, n_steps=50, method="heun"),
+            steps=3000,
+            batch_size=512,
+            lr=2e-3,
+        ),
         Recipe(
             name="noisy-classifier-mnist",
             summary="noise-aware classifier p(y | x_t) on the DDPM process (classifier "
@@ -155,8 +261,18 @@ def _schedule(recipe: Recipe):
     return Schedule.named(recipe.process["schedule"], recipe.process["T"])
 
 
+def _course_model(recipe: Recipe) -> None:
+    if recipe.kind not in COURSE_MODEL_KINDS:
+        raise ValueError(
+            f"recipe {recipe.name!r} is a command-line model: train it with "
+            f"`dlai-diffusion train {recipe.name}`"
+        )
+
+
 def build_model(recipe: Recipe) -> nn.Module:
-    """The untrained network of ``recipe`` (weights from PyTorch's global RNG)."""
+    """The untrained network of a course-model ``recipe`` (weights from PyTorch's global
+    RNG)."""
+    _course_model(recipe)
     if recipe.kind == "cfg":
         from .ddpm import ddpm_unet
 
@@ -171,6 +287,7 @@ def build_model(recipe: Recipe) -> nn.Module:
 
 def make_loss(recipe: Recipe, device: torch.device | str = "cpu") -> Callable:
     """``loss(model, batch, generator)`` of ``recipe``; ``batch`` is ``(images, labels)``."""
+    _course_model(recipe)
     schedule = _schedule(recipe).to(device)
     if recipe.kind == "cfg":
         from .guidance import conditional_simple_loss

@@ -1,9 +1,10 @@
 """Training runs from the command line: ``dlai-diffusion train | sample | evaluate``.
 
-A *model* is described once by a :class:`ModelSpec` (how to build the network, its loss,
-how to sample) and registered with :func:`register` by the module of its lecture. A *data
-source* (:func:`data_source`) is a toy dataset, ``mnist`` or ``cifar10``. A run directory
-holds everything a run produced::
+A *model* is a recipe of :mod:`dlai_diffusion.recipes` whose kind is one of
+``recipes.COMMAND_LINE_KINDS`` (its defaults: data, steps, batch, learning rate and the options
+that ``--option KEY=VALUE`` overrides); the functions below say how each kind is built,
+trained and sampled. A *data source* (:func:`data_source`) is a toy dataset, ``mnist`` or
+``cifar10``. A run directory holds everything a run produced::
 
     RUN/config.json        what was asked (model, data, steps, options, seed) and where it ran
     RUN/history.json       the loss history and the training time
@@ -22,12 +23,11 @@ from __future__ import annotations
 import argparse
 import ast
 import functools
-import importlib
 import json
 import platform
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,13 @@ import torch
 from torch import Tensor, nn
 
 from . import __version__, toy
+from ._utils import draw_normal, draw_uniform
 from .config import device as best_device
 from .config import fast_or
+from .recipes import COMMAND_LINE_KINDS, RECIPES, Recipe
 from .train import CHECKPOINT_NAME, load_checkpoint, random_batches, train
 
 IMAGE_DATA = ("mnist", "cifar10")
-
-_LECTURE_MODULES = ("score_matching", "ebm", "ncsn", "ddpm", "dpm", "flow_matching")
-"""Modules whose import registers their models; each lecture adds its own."""
 
 
 @dataclass(frozen=True)
@@ -59,47 +58,12 @@ class DataSource:
         return len(self.shape) == 3
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """How a model of the course is built, trained and sampled from.
-
-    ``build(data, options) -> nn.Module``; ``loss(model, batch, generator, options)`` returns
-    the scalar training loss; ``sample(model, n, data, generator, options)`` returns n samples
-    of shape ``(n, *data.shape)``. ``options`` holds the model's hyper-parameters: the
-    defaults below, overridden with ``--option KEY=VALUE`` on the command line.
-    """
-
-    name: str
-    summary: str
-    build: Callable[[DataSource, Mapping[str, Any]], nn.Module]
-    loss: Callable[..., Tensor]
-    sample: Callable[..., Tensor]
-    options: Mapping[str, Any] = field(default_factory=dict)
-    data: str = "moons"
-    steps: int = 2000
-    batch_size: int = 256
-    lr: float = 1e-3
+def models() -> dict[str, Recipe]:
+    """The command line's models: the recipes of a command-line kind, by name."""
+    return {name: r for name, r in sorted(RECIPES.items()) if r.kind in COMMAND_LINE_KINDS}
 
 
-MODELS: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    """Make ``spec`` available to the command line under ``spec.name``."""
-    if not isinstance(spec, ModelSpec):
-        raise TypeError(f"spec must be a ModelSpec, got {type(spec).__name__}")
-    MODELS[spec.name] = spec
-    return spec
-
-
-def models() -> dict[str, ModelSpec]:
-    """All registered models (importing the lecture modules registers theirs)."""
-    for module in _LECTURE_MODULES:
-        importlib.import_module(f"{__package__}.{module}")
-    return dict(sorted(MODELS.items()))
-
-
-def get_model(name: str) -> ModelSpec:
+def get_model(name: str) -> Recipe:
     available = models()
     if name not in available:
         raise ValueError(f"model must be one of {sorted(available)}, got {name!r}")
@@ -159,15 +123,6 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
-def _resolve_options(spec: ModelSpec, given: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(given) - set(spec.options))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for model {spec.name!r}; it takes {sorted(spec.options)}"
-        )
-    return {**spec.options, **given}
-
-
 def _write_json(path: Path, payload: Mapping) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -181,11 +136,11 @@ def _read_config(run: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _load_model(run: Path, dev: torch.device) -> tuple[ModelSpec, DataSource, nn.Module, dict]:
+def _load_model(run: Path, dev: torch.device) -> tuple[Recipe, DataSource, nn.Module, dict]:
     config = _read_config(run)
     spec = get_model(config["model"])
     source = data_source(config["data"], config["batch_size"])
-    model = spec.build(source, config["options"]).to(dev)
+    model = _ADAPTERS[spec.kind][0](source, config["options"]).to(dev)
     weights = "model" if config.get("ema_decay") is None else "ema"
     load_checkpoint(Path(run) / CHECKPOINT_NAME, model, weights=weights, map_location=dev)
     model.eval()
@@ -207,7 +162,7 @@ def train_run(
 ) -> dict:
     """Train ``model`` into the run directory ``out``, then draw samples and measure them.
 
-    Unset arguments take the model's defaults (``ModelSpec``). Returns the metrics.
+    Unset arguments take the model's defaults (its recipe). Returns the metrics.
     """
     spec = get_model(model)
     out = Path(out)
@@ -218,7 +173,7 @@ def train_run(
         "steps": int(steps if steps is not None else fast_or(spec.steps, 20)),
         "batch_size": int(batch_size or spec.batch_size),
         "lr": float(lr or spec.lr),
-        "options": _resolve_options(spec, options or {}),
+        "options": spec.with_options(options or {}).options,
         "seed": int(seed),
         "ema_decay": ema_decay,
     }
@@ -242,11 +197,12 @@ def train_run(
     source = data_source(config["data"], config["batch_size"])
     generator = torch.Generator().manual_seed(config["seed"])
     torch.manual_seed(config["seed"])
-    net = spec.build(source, config["options"]).to(dev)
+    build, loss, _ = _ADAPTERS[spec.kind]
+    net = build(source, config["options"]).to(dev)
     start = time.perf_counter()
     result = train(
         net,
-        functools.partial(spec.loss, options=config["options"]),
+        functools.partial(loss, options=config["options"]),
         source.train,
         config["steps"],
         lr=config["lr"],
@@ -271,7 +227,8 @@ def _draw(run: Path, n: int, seed: int, device: str | None) -> tuple[Tensor, Dat
     dev = torch.device(device) if device else best_device()
     spec, source, model, config = _load_model(run, dev)
     generator = torch.Generator().manual_seed(seed)
-    samples = spec.sample(model, n, source, generator, config["options"]).detach().cpu()
+    sample = _ADAPTERS[spec.kind][2]
+    samples = sample(model, n, source, generator, config["options"]).detach().cpu()
     torch.save(samples, run / "samples.pt")
     _plot(samples, source, run / "samples.png", title=f"{spec.name} on {source.name}")
     return samples, source
@@ -327,6 +284,266 @@ def _plot(samples: Tensor, source: DataSource, path: Path, title: str) -> None:
         fig = viz.plot_samples(samples, reference=reference, title=title)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+# -------------------------------------------- how the command line builds, trains and samples
+# One section per kind of recipes.COMMAND_LINE_KINDS: build(data, options) -> module,
+# loss(model, batch, generator, options) -> scalar, sample(model, n, data, generator,
+# options) -> (n, *data.shape). ``options`` is the recipe's network and process in one map.
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+# dsm (lecture 03)
+
+
+def _dsm_build(data: DataSource, options) -> nn.Module:
+    """An unconditional MLP for 2D data; for images a U-Net fed the constant noise level."""
+    from .nets import ScoreMLP, unet
+
+    if data.is_image:
+        return unet(options["preset"], in_channels=data.shape[0], image_size=data.shape[-1])
+    return ScoreMLP(dim=data.shape[0], hidden=options["hidden"], cond=False)
+
+
+def _dsm_score(model: nn.Module, sigma: float):
+    def score(x: Tensor) -> Tensor:
+        if x.dim() == 4:  # the U-Net takes the noise level as its conditioning input
+            return model(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype))
+        return model(x)
+
+    return score
+
+
+def _dsm_loss(model, batch, generator, options) -> Tensor:
+    from .score_matching import dsm_loss
+
+    sigma = options["sigma"]
+    return dsm_loss(_dsm_score(model, sigma), batch, sigma, generator=generator)
+
+
+def _dsm_sample(model, n, data, generator, options) -> Tensor:
+    """Langevin dynamics (notes Eq. 19) on the learned score, from uniform noise."""
+    from .langevin import langevin
+
+    half_width = 1.0 if data.is_image else 3.0
+    x = (2 * draw_uniform((n, *data.shape), generator, _model_device(model)) - 1) * half_width
+    with torch.no_grad():
+        score = _dsm_score(model, options["sigma"])
+        return langevin(score, x, options["step_size"], options["n_steps"], generator=generator)
+
+
+# ebm (lecture 04)
+
+_EBM_AUTO = {
+    # 2D: the untempered chain of Eq. 19 (noise_scale None = sqrt(2 step_size)), no clipping,
+    # a weak regulariser (a strong one flattens the learned density), a large buffer
+    "2d": dict(n_steps=20, step_size=0.004, noise_scale=None, grad_clip=None, alpha=0.01,
+               capacity=50_000),
+    # images: Du & Mordatch's tempered chain, regulariser and buffer
+    "image": dict(n_steps=60, step_size=10.0, noise_scale=0.005, grad_clip=0.01, alpha=1.0,
+                  capacity=10_000),
+}
+
+
+def _ebm_options(options, is_image: bool) -> dict:
+    """The options with each ``"auto"`` replaced by the default for the kind of data."""
+    defaults = _EBM_AUTO["image" if is_image else "2d"]
+    return {k: defaults[k] if v == "auto" else v for k, v in options.items()}
+
+
+def _ebm_step(options, is_image: bool):
+    from .ebm import ContrastiveDivergence
+
+    options = _ebm_options(options, is_image)
+    keys = ("n_steps", "step_size", "noise_scale", "grad_clip", "alpha")
+    return ContrastiveDivergence(**{k: options[k] for k in keys})
+
+
+def _ebm_build(data: DataSource, options) -> nn.Module:
+    """An energy MLP on 2D data (bounds [-3, 3]), a spectrally normalised CNN on images."""
+    from .ebm import EBM, ReplayBuffer
+    from .nets import EnergyCNN, EnergyMLP
+
+    if data.is_image:
+        energy = EnergyCNN(data.shape[0], options["channels"], spectral_norm=True)
+        bounds = (-1.0, 1.0)
+    else:
+        energy = EnergyMLP(data.shape[0], hidden=options["hidden"])
+        bounds = (-3.0, 3.0)
+    options = _ebm_options(options, data.is_image)
+    return EBM(energy, ReplayBuffer(data.shape, options["capacity"], options["reinit_prob"],
+                                    bounds))
+
+
+def _ebm_loss(model, batch, generator, options):
+    return _ebm_step(options, is_image=len(model.buffer.shape) == 3)(model, batch, generator)
+
+
+def _ebm_sample(model, n, data, generator, options) -> Tensor:
+    """``sample_steps`` Langevin steps on the learned energy, continuing chains of the replay
+    buffer (``sample_from="buffer"``) or from fresh uniform noise (``"noise"``)."""
+    if options["sample_from"] not in ("buffer", "noise"):
+        raise ValueError(f"sample_from must be 'buffer' or 'noise', got {options['sample_from']!r}")
+    step = _ebm_step(options, data.is_image)
+    from_buffer = options["sample_from"] == "buffer"
+    with torch.no_grad():
+        return step.sample(model, n, options["sample_steps"], generator, from_buffer=from_buffer)
+
+
+# ncsn (lecture 05)
+
+
+def _ncsn_build(data: DataSource, options) -> nn.Module:
+    """``ncsn_mlp`` for 2D data, ``ncsn_unet`` (``preset``, ``norm``) for images; sigma_max from
+    the data unless given (NCSNv2 technique 1)."""
+    from .ncsn import geometric_sigmas, ncsn_mlp, ncsn_unet, sigma_max_from_data
+
+    sigma_max = options["sigma_max"]
+    if sigma_max is None:
+        sigma_max = sigma_max_from_data(data.reference(1000, torch.Generator().manual_seed(0)))
+    sigmas = geometric_sigmas(sigma_max, options["sigma_min"], options["n_levels"])
+    if data.is_image:
+        channels, size = data.shape[0], data.shape[-1]
+        return ncsn_unet(sigmas, options["preset"], channels, size, norm=options["norm"])
+    return ncsn_mlp(sigmas, dim=data.shape[0], hidden=options["hidden"])
+
+
+def _ncsn_loss(model, batch, generator, options) -> Tensor:
+    from .ncsn import ncsn_loss
+
+    return ncsn_loss(model, batch, model.sigmas, generator)
+
+
+def _ncsn_sample(model, n, data, generator, options) -> Tensor:
+    """Annealed Langevin dynamics from sigma_1 * N(0, I), ending with a Tweedie step; images are
+    clamped to the data range [-1, 1]."""
+    from .ncsn import annealed_langevin
+
+    sigmas = model.sigmas.cpu()
+    x = float(sigmas[0]) * draw_normal((n, *data.shape), generator, _model_device(model))
+    with torch.no_grad():
+        x = annealed_langevin(model, x, sigmas, options["n_steps_each"], options["eps"],
+                              final_denoise=options["final_denoise"], generator=generator)
+    return x.clamp(-1.0, 1.0) if data.is_image else x
+
+
+# ddpm (lecture 07)
+
+
+def _ddpm_steps(options, is_image: bool) -> int:
+    """T: 1000 for images (Ho et al.), 200 for 2D data as in lecture 07 (with T = 100 the
+    thin moons come out about 1.6 x the energy-distance floor, with T = 200 about 1.2 x)."""
+    if options["T"] is not None:
+        return int(options["T"])
+    return 1000 if is_image else 200
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_schedule(name: str, T: int, device: str):
+    from .schedules import Schedule
+
+    return Schedule.named(name, T).to(device)
+
+
+def _ddpm_schedule(options, is_image: bool, device):
+    return _cached_schedule(options["schedule"], _ddpm_steps(options, is_image), str(device))
+
+
+def _ddpm_build(data: DataSource, options) -> nn.Module:
+    """``ddpm_mlp`` for 2D data, ``ddpm_unet`` (``preset``) for images."""
+    from .ddpm import ddpm_mlp, ddpm_unet
+
+    schedule = _ddpm_schedule(options, data.is_image, "cpu")
+    if data.is_image:
+        return ddpm_unet(schedule, options["preset"], data.shape[0], data.shape[-1])
+    return ddpm_mlp(schedule, dim=data.shape[0], hidden=options["hidden"])
+
+
+def _ddpm_loss(model, batch, generator, options) -> Tensor:
+    from .ddpm import simple_loss
+
+    return simple_loss(model, _ddpm_schedule(options, batch.dim() == 4, batch.device), batch,
+                       generator)
+
+
+def _ddpm_sample(model, n, data, generator, options) -> Tensor:
+    """Ancestral sampling from N(0, I); x0 is clipped to [-1, 1] for images unless told."""
+    from .ddpm import sample_ddpm
+
+    device = _model_device(model)
+    schedule = _ddpm_schedule(options, data.is_image, device)
+    clip = data.is_image if options["clip_x0"] is None else bool(options["clip_x0"])
+    x = draw_normal((n, *data.shape), generator, device)
+    return sample_ddpm(model, x, schedule, options["variance"], clip, generator)
+
+
+# dpm (lecture 06)
+
+
+def _dpm_build(data: DataSource, options) -> nn.Module:
+    from .dpm import dpm_mlp
+    from .schedules import Schedule
+
+    if data.is_image:
+        raise ValueError(
+            f"the dpm model is for 2D data (lecture 06), got image data {data.name!r}; "
+            "use `dlai-diffusion train ddpm` for images"
+        )
+    schedule = Schedule.named(options["schedule"], int(options["T"]))
+    return dpm_mlp(schedule, data.shape[0], options["hidden"], variance=options["variance"])
+
+
+def _dpm_loss(model, batch, generator, options) -> Tensor:
+    from .dpm import dpm_loss
+
+    return dpm_loss(model, model.schedule, batch, generator)
+
+
+def _dpm_sample(model, n, data, generator, options) -> Tensor:
+    from .dpm import sample_dpm
+
+    x = draw_normal((n, *data.shape), generator, _model_device(model))
+    return sample_dpm(model, x, model.schedule, generator)
+
+
+# flow (lecture 11)
+
+
+def _flow_build(data: DataSource, options) -> nn.Module:
+    """``flow_mlp`` for 2D data, ``flow_unet`` (``preset``) for images."""
+    from .flow_matching import flow_mlp, flow_unet
+
+    if data.is_image:
+        return flow_unet(options["preset"], data.shape[0], data.shape[-1])
+    return flow_mlp(dim=data.shape[0], hidden=options["hidden"])
+
+
+def _flow_loss(model, batch, generator, options) -> Tensor:
+    from .flow_matching import flow_matching_loss
+
+    return flow_matching_loss(model, batch, generator, sigma_min=float(options["sigma_min"]))
+
+
+def _flow_sample(model, n, data, generator, options) -> Tensor:
+    """The ODE from N(0, I); images are clipped to [-1, 1]."""
+    from .flow_matching import sample_flow
+
+    x = draw_normal((n, *data.shape), generator, _model_device(model))
+    x = sample_flow(model, x, int(options["n_steps"]), options["method"])
+    return x.clamp(-1, 1) if data.is_image else x
+
+
+_ADAPTERS = {
+    "dsm": (_dsm_build, _dsm_loss, _dsm_sample),
+    "ebm": (_ebm_build, _ebm_loss, _ebm_sample),
+    "ncsn": (_ncsn_build, _ncsn_loss, _ncsn_sample),
+    "ddpm": (_ddpm_build, _ddpm_loss, _ddpm_sample),
+    "dpm": (_dpm_build, _dpm_loss, _dpm_sample),
+    "flow": (_flow_build, _flow_loss, _flow_sample),
+}
 
 
 # ----------------------------------------------------------------------------- CLI

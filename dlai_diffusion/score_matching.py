@@ -37,7 +37,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ._utils import check_batch as _check_batch
 from ._utils import draw_normal, draw_uniform, output_like
@@ -301,79 +301,6 @@ def dsm_loss(
     x_tilde = x + sigma * noise
     score = output_like(score_net(x_tilde), x, "score_net")
     return _reduce(0.5 * _squared_norm(score - dsm_target(x, x_tilde, sigma)), reduction)
-
-
-# ----------------------------------------------------------------- command line: `train dsm`
-
-
-def _dsm_network(data, options) -> nn.Module:
-    """An unconditional MLP for 2D data; for images a U-Net fed the constant noise level."""
-    from .nets import ScoreMLP, unet
-
-    if data.is_image:
-        return unet(options["preset"], in_channels=data.shape[0], image_size=data.shape[-1])
-    return ScoreMLP(dim=data.shape[0], hidden=options["hidden"], cond=False)
-
-
-def _dsm_score(model: nn.Module, sigma: float) -> ScoreFn:
-    def score(x: Tensor) -> Tensor:
-        if x.dim() == 4:  # the U-Net takes the noise level as its conditioning input
-            return model(x, torch.full((x.shape[0],), sigma, device=x.device, dtype=x.dtype))
-        return model(x)
-
-    return score
-
-
-def _dsm_cli_loss(model, batch, generator, options) -> Tensor:
-    sigma = options["sigma"]
-    return dsm_loss(_dsm_score(model, sigma), batch, sigma, generator=generator)
-
-
-def _dsm_cli_sample(model, n, data, generator, options) -> Tensor:
-    """Langevin dynamics (notes Eq. 19) on the learned score, from uniform noise."""
-    from ._utils import draw_uniform
-    from .langevin import langevin
-
-    device = next(model.parameters()).device
-    half_width = 1.0 if data.is_image else 3.0
-    x = (2 * draw_uniform((n, *data.shape), generator, device) - 1) * half_width
-    with torch.no_grad():
-        return langevin(
-            _dsm_score(model, options["sigma"]),
-            x,
-            options["step_size"],
-            options["n_steps"],
-            generator=generator,
-        )
-
-
-def _register_cli_model() -> None:
-    from .runs import ModelSpec, register
-
-    register(
-        ModelSpec(
-            name="dsm",
-            summary="denoising score matching at one noise level, sampled by Langevin "
-            "dynamics (lecture 03)",
-            build=_dsm_network,
-            loss=_dsm_cli_loss,
-            sample=_dsm_cli_sample,
-            options={
-                "sigma": 0.2,
-                "step_size": 0.004,
-                "n_steps": 500,
-                "hidden": 128,
-                "preset": "tiny",
-            },
-            data="moons",
-            steps=3000,
-            batch_size=256,
-            lr=2e-3,
-        )
-    )
-
-
-_register_cli_model()
 
 
 # --------------------------------------------------------------------------- evaluation

@@ -416,13 +416,7 @@ def test_short_training_on_eight_gaussians_beats_the_noise():
     assert near_modes(x) > 2 * near_modes(noise)
 
 
-@pytest.fixture
-def ddpm_registered(monkeypatch):
-    if "ddpm" not in runs._LECTURE_MODULES:
-        monkeypatch.setattr(runs, "_LECTURE_MODULES", (*runs._LECTURE_MODULES, "ddpm"))
-
-
-def test_cli_model_trains_samples_and_measures_a_toy_run(ddpm_registered, tmp_path):
+def test_cli_model_trains_samples_and_measures_a_toy_run(tmp_path):
     spec = runs.get_model("ddpm")
     assert spec.data == "swiss_roll"
     metrics = runs.train_run("ddpm", tmp_path, steps=20, options={"T": 25}, n_eval=200)
@@ -431,7 +425,7 @@ def test_cli_model_trains_samples_and_measures_a_toy_run(ddpm_registered, tmp_pa
     assert samples.shape == (200, 2) and torch.isfinite(samples).all()
 
 
-def test_cli_model_trains_on_images(ddpm_registered, tmp_path, monkeypatch):
+def test_cli_model_trains_on_images(tmp_path, monkeypatch):
     monkeypatch.setenv("DLAI_FAST", "1")  # the shipped MNIST subset, offline
     metrics = runs.train_run(
         "ddpm",

@@ -213,13 +213,7 @@ def test_bad_arguments_are_clear_errors():
         DPMReverse(Constant(0, 0), s.betas)
 
 
-@pytest.fixture
-def dpm_registered(monkeypatch):
-    if "dpm" not in runs._LECTURE_MODULES:
-        monkeypatch.setattr(runs, "_LECTURE_MODULES", (*runs._LECTURE_MODULES, "dpm"))
-
-
-def test_cli_model_trains_samples_and_measures_a_toy_run(dpm_registered, tmp_path):
+def test_cli_model_trains_samples_and_measures_a_toy_run(tmp_path):
     spec = runs.get_model("dpm")
     assert spec.data == "swiss_roll"
     metrics = runs.train_run("dpm", tmp_path, steps=20, options={"T": 20}, n_eval=200)
@@ -228,7 +222,7 @@ def test_cli_model_trains_samples_and_measures_a_toy_run(dpm_registered, tmp_pat
     assert samples.shape == (200, 2) and torch.isfinite(samples).all()
 
 
-def test_cli_model_refuses_images(dpm_registered, tmp_path, monkeypatch):
+def test_cli_model_refuses_images(tmp_path, monkeypatch):
     monkeypatch.setenv("DLAI_FAST", "1")
     with pytest.raises(ValueError, match="2D data"):
         runs.train_run("dpm", tmp_path, data="mnist", steps=1, batch_size=4)

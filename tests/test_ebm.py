@@ -271,8 +271,7 @@ def test_bad_arguments_are_named():
 # --------------------------------------------------------------------------- command line
 
 
-def test_the_cli_model_trains_samples_and_resumes(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "_LECTURE_MODULES", tuple({*runs._LECTURE_MODULES, "ebm"}))
+def test_the_cli_model_trains_samples_and_resumes(tmp_path):
     assert "ebm" in runs.models()
     options = {"n_steps": 3, "sample_steps": 5, "capacity": 256}
     metrics = runs.train_run("ebm", tmp_path, steps=6, batch_size=32, options=options, n_eval=64)
@@ -283,8 +282,7 @@ def test_the_cli_model_trains_samples_and_resumes(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / CHECKPOINT_NAME)["step"] == 8
 
 
-def test_the_cli_model_on_mnist_uses_the_image_recipe(tmp_path, monkeypatch):
-    monkeypatch.setattr(runs, "_LECTURE_MODULES", tuple({*runs._LECTURE_MODULES, "ebm"}))
+def test_the_cli_model_on_mnist_uses_the_image_recipe(tmp_path):
     options = {"n_steps": 2, "sample_steps": 2, "channels": 4, "capacity": 64}
     metrics = runs.train_run(
         "ebm", tmp_path, data="mnist", steps=2, batch_size=8, options=options, n_eval=50
@@ -292,7 +290,7 @@ def test_the_cli_model_on_mnist_uses_the_image_recipe(tmp_path, monkeypatch):
     assert metrics["classifier_fid"] > 0 and 0 < metrics["classifier_confidence"] <= 1
     state = load_checkpoint(tmp_path / CHECKPOINT_NAME)
     assert state["model"]["buffer.samples"].shape == (64, 1, 28, 28)
-    step = ebm._cli_step(runs.get_model("ebm").options, is_image=True)
+    step = runs._ebm_step(runs.get_model("ebm").options, is_image=True)
     assert (step.step_size, step.noise_scale, step.grad_clip, step.alpha) == (
         10.0,
         0.005,

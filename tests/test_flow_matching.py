@@ -299,7 +299,7 @@ def test_bad_input_is_a_clear_error():
 
 
 def test_cli_registration_trains_and_samples(tmp_path):
-    assert "flow" in runs.MODELS
+    assert "flow" in runs.models()
     metrics = runs.train_run(
         "flow", tmp_path, steps=150, options={"n_steps": 10}, n_eval=300, device="cpu"
     )

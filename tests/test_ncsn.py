@@ -373,13 +373,7 @@ def test_ncsn_mlp_learns_the_exact_scores_of_a_mixture():
 # --------------------------------------------------------------------------- command line
 
 
-@pytest.fixture
-def ncsn_registered(monkeypatch):
-    if "ncsn" not in runs._LECTURE_MODULES:
-        monkeypatch.setattr(runs, "_LECTURE_MODULES", (*runs._LECTURE_MODULES, "ncsn"))
-
-
-def test_cli_model_trains_samples_and_measures_a_toy_run(ncsn_registered, tmp_path):
+def test_cli_model_trains_samples_and_measures_a_toy_run(tmp_path):
     spec = runs.get_model("ncsn")
     assert spec.data == "swiss_roll"
     metrics = runs.train_run("ncsn", tmp_path, steps=30, options={"n_steps_each": 3}, n_eval=200)
@@ -388,7 +382,7 @@ def test_cli_model_trains_samples_and_measures_a_toy_run(ncsn_registered, tmp_pa
     assert samples.shape == (200, 2) and torch.isfinite(samples).all()
 
 
-def test_cli_model_trains_on_images(ncsn_registered, tmp_path, monkeypatch):
+def test_cli_model_trains_on_images(tmp_path, monkeypatch):
     monkeypatch.setenv("DLAI_FAST", "1")  # the shipped MNIST subset, offline
     metrics = runs.train_run(
         "ncsn",

@@ -125,3 +125,20 @@ def test_cli_trains_and_evaluates(tmp_path):
         env=ONE_THREAD,
     ).stdout
     assert json.loads(out)["n"] == 64
+
+
+def test_command_line_models_are_recipes_and_lecture_modules_do_not_import_runs():
+    from dlai_diffusion import recipes
+
+    assert set(runs.models()) == {"dsm", "ebm", "ncsn", "ddpm", "dpm", "flow"}
+    assert all(runs.models()[k] is recipes.get(k) for k in runs.models())
+    code = (
+        "import sys\n"
+        "import dlai_diffusion.score_matching, dlai_diffusion.ebm, dlai_diffusion.ncsn\n"
+        "import dlai_diffusion.ddpm, dlai_diffusion.dpm, dlai_diffusion.flow_matching\n"
+        "assert 'dlai_diffusion.runs' not in sys.modules\n"
+        "assert 'dlai_diffusion.recipes' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=ONE_THREAD)
+    with pytest.raises(ValueError, match="command-line model"):
+        recipes.build_model(recipes.get("dsm"))
