@@ -4,9 +4,9 @@ Each model is trained on each toy dataset from scratch, sampled, and measured wi
 Wasserstein and energy distance against fresh samples of the data, averaged over blocks
 (:func:`_ratios`): a ratio of 1 means the samples are as close to the data as a second sample
 of the data itself. The command line's models (``runs.models()``, recipes of
-``dlai_diffusion.recipes``: EBM, NCSN, DPM, DDPM, DSM and flow matching) go through ``runs.train_run`` with the command line's
-defaults, except for the ``options`` given in the sizes; the continuous-time VP SDE (its
-reverse SDE and its probability-flow ODE) is trained here with ``sde.dsm_loss`` on an
+``dlai_diffusion.recipes``: EBM, NCSN, DPM, DDPM, DSM and flow matching) go through
+``runs.train_run`` with the command line's defaults, except for the ``options`` given in the
+sizes; the continuous-time VP SDE (its reverse SDE and its probability-flow ODE) is trained here with ``sde.dsm_loss`` on an
 eps-parameterised MLP.
 """
 
