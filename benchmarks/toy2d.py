@@ -6,8 +6,8 @@ Wasserstein and energy distance against fresh samples of the data, averaged over
 of the data itself. The command line's models (``runs.models()``, recipes of
 ``dlai_diffusion.recipes``: EBM, NCSN, DPM, DDPM, DSM and flow matching) go through
 ``runs.train_run`` with the command line's defaults, except for the ``options`` given in the
-sizes; the continuous-time VP SDE (its reverse SDE and its probability-flow ODE) is trained here with ``sde.dsm_loss`` on an
-eps-parameterised MLP.
+sizes; the continuous-time VP SDE (its reverse SDE and its probability-flow ODE) is trained
+here with ``sde.dsm_loss`` on an eps-parameterised MLP.
 """
 
 from __future__ import annotations
