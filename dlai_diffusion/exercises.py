@@ -153,6 +153,11 @@ def make_exercises(root: str | Path = ".", out: str | Path | None = None) -> lis
     if (root / "README.md").is_file():
         index = course.index_notebook((root / "README.md").read_text(encoding="utf-8"))
         course.normalise_metadata(index, kernelspec)
+        lectures = sorted((root / "notebooks").glob("*.ipynb"))
+        if lectures:  # what the kernel reports when the index opens, as the lectures hold it
+            language = nbformat.read(lectures[0], as_version=4).metadata.get("language_info")
+            if language:
+                index.metadata["language_info"] = language
         if _write_if_changed(index, root / course.INDEX):
             written.append(root / course.INDEX)
     expected = set()
