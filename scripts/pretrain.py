@@ -48,25 +48,29 @@ def default_work(name: str, device: str) -> Path:
 
 def train_phase(recipe: recipes.Recipe, work: Path, device: str, steps: int | None,
                 subset: bool) -> None:
-    log = work / "train_log.jsonl"
+    """Train (resuming), logging the loss every 50 steps to ``train_log.jsonl`` and this
+    session's wall time at every checkpoint to ``timing.json``, so that an interrupted session
+    counts exactly the time of the steps its last checkpoint kept."""
+    log, timing_path = work / "train_log.jsonl", work / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"sessions": []}
+    session = {"seconds": 0.0, "until_step": None, "threads": torch.get_num_threads(),
+               "device": device}
+    timing["sessions"].append(session)
     start = time.time()
 
     def report(step: int, loss: float) -> None:
-        now = time.time()
+        seconds = round(time.time() - start, 1)
         if step % 50 == 0 or step == recipe.steps:
-            line = {"step": step, "loss": loss, "seconds": round(now - start, 1)}
             with open(log, "a") as f:
-                f.write(json.dumps(line) + "\n")
+                f.write(json.dumps({"step": step, "loss": loss, "seconds": seconds}) + "\n")
+        if step % recipe.checkpoint_every == 0 or step == recipe.steps:
+            session.update(seconds=seconds, until_step=step)
+            timing_path.write_text(json.dumps(timing, indent=1))
 
     _, result = recipes.run(
         recipe, work, device=device, steps=steps, subset=subset, progress=True, callback=report
     )
-    timing_path = work / "timing.json"
-    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {"sessions": []}
-    timing["sessions"].append(
-        {"seconds": round(result.seconds, 1), "until_step": result.steps,
-         "threads": torch.get_num_threads(), "device": device}
-    )
+    session.update(seconds=round(result.seconds, 1), until_step=result.steps)
     timing_path.write_text(json.dumps(timing, indent=1))
     print(f"{recipe.name}: step {result.steps}/{recipe.steps}, this session "
           f"{result.seconds:.0f} s, last loss {result.losses[-1]:.4f}")
