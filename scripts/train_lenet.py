@@ -123,37 +123,11 @@ def soften(images: Tensor, generator: torch.Generator) -> Tensor:
     return out
 
 
-def train_judge(
-    images: Tensor, labels: Tensor, epochs: int, batch_size: int, lr: float, seed: int
-) -> LeNet:
-    """The 11-class LeNet: digits (augmented) plus one non-digit per four digits."""
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = LeNet(n_classes=11)
-    optimiser = torch.optim.Adam(model.parameters(), lr=lr)
-    steps = epochs * math.ceil(images.shape[0] / batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
-    for epoch in range(epochs):
-        model.train()
-        start, total = time.perf_counter(), 0.0
-        order = torch.randperm(images.shape[0], generator=generator)
-        for index in order.split(batch_size):
-            x = soften(random_affine(images[index], generator), generator)
-            fakes = non_digits(x[: max(1, index.shape[0] // 4)], generator)
-            inputs = torch.cat([x, fakes])
-            targets = torch.cat([labels[index], torch.full((fakes.shape[0],), NOT_A_DIGIT)])
-            loss = F.cross_entropy(model(inputs), targets)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            total += loss.item() * index.shape[0]
-        print(
-            f"epoch {epoch + 1}/{epochs}: loss {total / images.shape[0]:.4f} "
-            f"({time.perf_counter() - start:.0f} s)",
-            flush=True,
-        )
-    return model.eval()
+def judge_batch(x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The judge's batch: the (augmented) digits, softened, plus one non-digit per four."""
+    x = soften(x, generator)
+    fakes = non_digits(x[: max(1, x.shape[0] // 4)], generator)
+    return torch.cat([x, fakes]), torch.cat([y, torch.full((fakes.shape[0],), NOT_A_DIGIT)])
 
 
 @torch.no_grad()
@@ -187,11 +161,18 @@ def accuracy(model: LeNet, images: Tensor, labels: Tensor, batch_size: int = 200
 
 
 def train(
-    images: Tensor, labels: Tensor, epochs: int, batch_size: int, lr: float, seed: int
+    images: Tensor,
+    labels: Tensor,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    judge: bool = False,
 ) -> LeNet:
+    """The LeNet (or, with ``judge``, the 11-class digit judge fed :func:`judge_batch`)."""
     torch.manual_seed(seed)  # initial weights
     generator = torch.Generator().manual_seed(seed)  # order and augmentation
-    model = LeNet()
+    model = LeNet(n_classes=11 if judge else 10)
     optimiser = torch.optim.Adam(model.parameters(), lr=lr)
     steps = epochs * math.ceil(images.shape[0] / batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps)
@@ -200,8 +181,10 @@ def train(
         start, total = time.perf_counter(), 0.0
         order = torch.randperm(images.shape[0], generator=generator)
         for index in order.split(batch_size):
-            x = random_affine(images[index], generator)
-            loss = F.cross_entropy(model(x), labels[index])
+            x, y = random_affine(images[index], generator), labels[index]
+            if judge:
+                x, y = judge_batch(x, y, generator)
+            loss = F.cross_entropy(model(x), y)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -276,8 +259,9 @@ def main_judge(args, train_set, test_set) -> float:
     from safetensors.torch import save_file
 
     start = time.perf_counter()
-    model = train_judge(
-        train_set.images, train_set.labels, args.epochs, args.batch_size, args.lr, args.seed
+    model = train(
+        train_set.images, train_set.labels, args.epochs, args.batch_size, args.lr, args.seed,
+        judge=True,
     )
     minutes = (time.perf_counter() - start) / 60
     report = judge_report(model, test_set.images, test_set.labels, args.seed)
