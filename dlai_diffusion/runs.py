@@ -24,6 +24,7 @@ import argparse
 import ast
 import functools
 import json
+import math
 import platform
 import time
 from collections.abc import Callable, Mapping
@@ -123,6 +124,19 @@ def _parse_options(pairs: list[str] | None) -> dict[str, Any]:
     return options
 
 
+def _count(value: Any, name: str, lowest: int = 1) -> int:
+    """An int >= ``lowest`` (0 is a value, not "use the default")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+        raise ValueError(f"{name} must be an int >= {lowest}, got {value!r}")
+    return value
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
 def _write_json(path: Path, payload: Mapping) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
@@ -169,10 +183,10 @@ def train_run(
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "model": spec.name,
-        "data": data or spec.data,
-        "steps": int(steps if steps is not None else fast_or(spec.steps, 20)),
-        "batch_size": int(batch_size or spec.batch_size),
-        "lr": float(lr or spec.lr),
+        "data": spec.data if data is None else data,
+        "steps": _count(fast_or(spec.steps, 20) if steps is None else steps, "steps", 0),
+        "batch_size": _count(spec.batch_size if batch_size is None else batch_size, "batch_size"),
+        "lr": _positive(spec.lr if lr is None else lr, "lr"),
         "options": spec.with_options(options or {}).options,
         "seed": int(seed),
         "ema_decay": ema_decay,

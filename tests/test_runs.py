@@ -142,3 +142,12 @@ def test_command_line_models_are_recipes_and_lecture_modules_do_not_import_runs(
     subprocess.run([sys.executable, "-c", code], check=True, env=ONE_THREAD)
     with pytest.raises(ValueError, match="command-line model"):
         recipes.build_model(recipes.get("dsm"))
+
+
+def test_zero_is_a_value_not_the_default(tmp_path):
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got 0"):
+        runs.train_run("dsm", tmp_path / "a", lr=0)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+        runs.train_run("dsm", tmp_path / "b", batch_size=0)
+    with pytest.raises(ValueError, match="lr must be a positive finite number, got nan"):
+        runs.train_run("dsm", tmp_path / "c", lr=float("nan"))
