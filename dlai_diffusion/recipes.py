@@ -381,10 +381,3 @@ def run(
         callback=callback,
     )
     return model, result
-
-
-def ema_model(model: nn.Module, result) -> nn.Module:
-    """The EMA weights of a :func:`run` as a module in eval mode (the model itself without EMA)."""
-    net = model if result.ema is None else result.ema.ema_model
-    return net.eval()
-
