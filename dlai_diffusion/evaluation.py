@@ -35,6 +35,7 @@ __all__ = [
     "draw",
     "fid_against",
     "measure_cfg_model",
+    "measure_ddpm_model",
     "measure_noisy_classifier",
     "mnist_reference",
 ]
@@ -102,8 +103,24 @@ def accuracy_and_diversity(samples: Tensor, labels: Tensor) -> tuple[float, floa
     return accuracy, mean_pairwise_distance(metrics.lenet_features(samples), labels)
 
 
-def measure_cfg_model(
-    net: nn.Module,
+def _fid_of(sampler, n, reference, generator, device, bf16, labels=None):
+    """(samples, FID against ``reference``, seconds) of ``n`` draws of ``sampler``."""
+    start = time.time()
+    samples = draw(sampler, n, labels=labels, generator=generator, device=device, bf16=bf16)
+    return samples, fid_against(samples, reference), time.time() - start
+
+
+def _standard_error(values: Tensor) -> float:
+    return (values.std() / values.numel() ** 0.5).item()
+
+
+def _common(n: int, floor: float, bf16: bool) -> dict:
+    return {"n": n, "reference": f"{n} MNIST test digits", "fid_floor": floor,
+            "precision": "bf16 autocast" if bf16 else "float32", "clip_x0": True}
+
+
+def measure_ddpm_model(
+    model: nn.Module,
     schedule,
     n: int = 1000,
     *,
@@ -113,59 +130,35 @@ def measure_cfg_model(
     subset: bool | None = None,
     ode_tol: float = 1e-5,
 ) -> dict[str, dict]:
-    """Every quality figure of a class-conditional DDPM noise model ``net(x, t, y)`` with a
-    null label (classifier-free guidance), as recorded for ``cfg-mnist`` and, through its null
-    label, for the unconditional ``ddpm-mnist``.
+    """Every quality figure of an unconditional DDPM noise model ``model(x, t)``, as recorded
+    for ``ddpm-mnist``.
 
-    ddpm-mnist: FID of ``n`` ancestral samples (T steps, variance beta, x0 clipped) against
-    ``n`` test digits next to the floor; recognisable digits among the first 64 (the digit
-    judge) next to 64 real ones; FID of deterministic DDIM at 10, 20, 50 and 100 steps; bits
-    per dimension of up to 256 test digits by the probability-flow ODE (Hutchinson, uniform
-    dequantisation, tolerance ``ode_tol``) and by the variational bound, each with its
-    standard error. cfg-mnist: accuracy, within-class diversity and FID of ``n`` guided DDIM-50
-    samples (balanced labels) at guidance weights w = 0, 0.5, 1, 2, 4 (Ho & Salimans' w; the
-    course's scale s = 1 + w). Returns ``{"ddpm-mnist": {...}, "cfg-mnist": {...}}``.
+    FID of ``n`` ancestral samples (T steps, variance beta, x0 clipped) against ``n`` test
+    digits next to the floor; recognisable digits among the first 64 (the digit judge) next to
+    64 real ones; FID of deterministic DDIM (eta = 0, uniform spacing) at 10, 20, 50 and 100
+    steps; bits per dimension of up to 256 test digits by the probability-flow ODE (Hutchinson,
+    uniform dequantisation, tolerance ``ode_tol``) and by the variational bound, each with its
+    standard error. Returns ``{"ddpm-mnist": {...}}``.
     """
-    from . import ddim, ddpm, guidance, sde
-    from .pretrained import NullLabel
+    from . import ddim, ddpm, sde
 
     reference, other = mnist_reference(n, seed, subset)
     floor = fid_against(other, reference)
-    uncond = NullLabel(net, net.n_classes)
-    common = {"n": n, "reference": f"{n} MNIST test digits", "fid_floor": floor,
-              "precision": "bf16 autocast" if bf16 else "float32", "clip_x0": True}
     generator = torch.Generator().manual_seed(seed)
+    common = dict(n=n, reference=reference, generator=generator, device=device, bf16=bf16)
 
-    def fid_of(sampler, labels=None):
-        start = time.time()
-        samples = draw(sampler, n, labels=labels, generator=generator, device=device,
-                                  bf16=bf16)
-        return samples, fid_against(samples, reference), time.time() - start
-
-    ancestral, fid_ancestral, seconds = fid_of(
-        lambda x, y: ddpm.sample_ddpm(uncond, x, schedule, clip_x0=True, generator=generator))
+    ancestral, fid_ancestral, seconds = _fid_of(
+        lambda x, y: ddpm.sample_ddpm(model, x, schedule, clip_x0=True, generator=generator),
+        **common)
     judged = metrics.judge_digits(ancestral[:64])
     real = metrics.judge_digits(reference[:64])
     print(f"ancestral: FID {fid_ancestral:.2f} (floor {floor:.2f}), "
           f"{int(judged.recognisable.sum())}/64 recognisable ({seconds:.0f} s)", flush=True)
     ddim_fid = {}
     for steps in [k for k in (10, 20, 50, 100) if k <= schedule.T]:
-        _, ddim_fid[steps], seconds = fid_of(
-            lambda x, y, k=steps: ddim.sample_ddim(uncond, x, schedule, k, clip_x0=True))
+        _, ddim_fid[steps], seconds = _fid_of(
+            lambda x, y, k=steps: ddim.sample_ddim(model, x, schedule, k, clip_x0=True), **common)
         print(f"DDIM {steps}: FID {ddim_fid[steps]:.2f} ({seconds:.0f} s)", flush=True)
-
-    labels = torch.arange(n) % 10
-    weights = (0.0, 0.5, 1.0, 2.0, 4.0)
-    accuracy, diversity, fid_w = {}, {}, {}
-    for w in weights:
-        samples, fid_w[w], seconds = fid_of(
-            lambda x, y, s=1 + w: ddim.sample_ddim(
-                guidance.classifier_free_eps(net, y, s), x, schedule, min(50, schedule.T),
-                clip_x0=True),
-            labels)
-        accuracy[w], diversity[w] = accuracy_and_diversity(samples, labels)
-        print(f"CFG w = {w}: accuracy {accuracy[w]:.3f}, diversity {diversity[w]:.3f}, "
-              f"FID {fid_w[w]:.2f} ({seconds:.0f} s)", flush=True)
 
     n_ll = min(256, n)
     x0 = reference[:n_ll].to(device)
@@ -173,22 +166,18 @@ def measure_cfg_model(
     vp = sde.VPSDE.from_schedule(schedule)
     start = time.time()
     stats: dict = {}
-    nll = -sde.log_likelihood(sde.score_from_eps(uncond, schedule), vp, dequantised,
+    nll = -sde.log_likelihood(sde.score_from_eps(model, schedule), vp, dequantised,
                               divergence="hutchinson", generator=generator, rtol=ode_tol,
                               atol=ode_tol, stats=stats)
     ode_bpd = sde.bits_per_dim(nll, x0[0].numel())
     ode_seconds = time.time() - start
-    bound = ddpm.variational_bound(uncond, schedule, x0, "beta", "discretized", generator)
-    bound_bpd = bound.bits_per_dim
+    bound_bpd = ddpm.variational_bound(model, schedule, x0, "beta", "discretized",
+                                       generator).bits_per_dim
     print(f"bits/dim on {n_ll} test digits: ODE {ode_bpd.mean():.3f} +- "
-          f"{ode_bpd.std() / n_ll**0.5:.3f} ({ode_seconds:.0f} s), bound "
-          f"{bound_bpd.mean():.3f} +- {bound_bpd.std() / n_ll**0.5:.3f}", flush=True)
-
-    def se(values: torch.Tensor) -> float:
-        return (values.std() / values.numel() ** 0.5).item()
-
-    ddpm_quality = {
-        **common,
+          f"{_standard_error(ode_bpd):.3f} ({ode_seconds:.0f} s), bound "
+          f"{bound_bpd.mean():.3f} +- {_standard_error(bound_bpd):.3f}", flush=True)
+    return {"ddpm-mnist": {
+        **_common(n, floor, bf16),
         "ancestral_steps": schedule.T,
         "ancestral_variance": "beta",
         "fid_ancestral": fid_ancestral,
@@ -199,23 +188,62 @@ def measure_cfg_model(
         "fid_ddim_eta0": ddim_fid,
         "likelihood_digits": n_ll,
         "bits_per_dim_ode": ode_bpd.mean().item(),
-        "bits_per_dim_ode_se": se(ode_bpd),
+        "bits_per_dim_ode_se": _standard_error(ode_bpd),
         "bits_per_dim_ode_estimator": f"Hutchinson, 1 Rademacher probe, RK45 rtol = atol = "
                                       f"{ode_tol:g}, uniform dequantisation",
         "bits_per_dim_ode_evaluations": stats.get("nfe"),
         "bits_per_dim_bound": bound_bpd.mean().item(),
-        "bits_per_dim_bound_se": se(bound_bpd),
-    }
-    cfg_quality = {
-        **common,
+        "bits_per_dim_bound_se": _standard_error(bound_bpd),
+    }}
+
+
+GUIDANCE_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
+"""Classifier-free guidance weights w (Ho & Salimans) at which ``cfg-mnist`` is measured."""
+
+CLASSIFIER_SCALES = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0)
+"""Classifier-guidance scales s (Dhariwal & Nichol) at which the noisy classifier is measured."""
+
+
+def measure_cfg_model(
+    net: nn.Module,
+    schedule,
+    n: int = 1000,
+    *,
+    device: torch.device | str = "cpu",
+    bf16: bool = True,
+    seed: int = 0,
+    subset: bool | None = None,
+) -> dict[str, dict]:
+    """The figures of a class-conditional DDPM noise model ``net(x, t, y)`` with a null label
+    (classifier-free guidance), as recorded for ``cfg-mnist``: accuracy, within-class
+    diversity and FID of ``n`` guided DDIM-50 samples (balanced labels) at the guidance
+    weights :data:`GUIDANCE_WEIGHTS` (Ho & Salimans' w; the course's scale s = 1 + w).
+    Returns ``{"cfg-mnist": {...}}``."""
+    from . import ddim, guidance
+
+    reference, other = mnist_reference(n, seed, subset)
+    floor = fid_against(other, reference)
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    accuracy, diversity, fid_w = {}, {}, {}
+    for w in GUIDANCE_WEIGHTS:
+        samples, fid_w[w], seconds = _fid_of(
+            lambda x, y, s=1 + w: ddim.sample_ddim(
+                guidance.classifier_free_eps(net, y, s), x, schedule, min(50, schedule.T),
+                clip_x0=True),
+            n, reference, generator, device, bf16, labels)
+        accuracy[w], diversity[w] = accuracy_and_diversity(samples, labels)
+        print(f"CFG w = {w}: accuracy {accuracy[w]:.3f}, diversity {diversity[w]:.3f}, "
+              f"FID {fid_w[w]:.2f} ({seconds:.0f} s)", flush=True)
+    return {"cfg-mnist": {
+        **_common(n, floor, bf16),
         "sampler": "DDIM, 50 steps, eta = 0",
         "guidance_weight_convention": "w of Ho & Salimans; the course's scale is s = 1 + w",
         "labels": "balanced, n / 10 per digit",
         "accuracy": accuracy,
         "within_class_diversity": diversity,
         "fid": fid_w,
-    }
-    return {"cfg-mnist": cfg_quality, "ddpm-mnist": ddpm_quality}
+    }}
 
 
 def measure_noisy_classifier(
@@ -231,8 +259,8 @@ def measure_noisy_classifier(
 ) -> dict[str, dict]:
     """The figures of a noise-aware classifier ``net(x_t, t)``: its accuracy on every clean
     test digit (t = 0), and the LeNet accuracy and within-class diversity of ``n`` samples of
-    the unconditional ``model(x, t)`` guided by it (DDIM-50, balanced labels) at scales 0, 1,
-    2, 4, 8, with the best scale. Returns ``{"noisy-classifier-mnist": {...}}``."""
+    the unconditional ``model(x, t)`` guided by it (DDIM-50, balanced labels) at the scales
+    :data:`CLASSIFIER_SCALES`, with the best scale. Returns ``{"noisy-classifier-mnist": {...}}``."""
     from . import ddim, guidance
     from .data import load_mnist
 
@@ -246,7 +274,7 @@ def measure_noisy_classifier(
     generator = torch.Generator().manual_seed(seed)
     labels = torch.arange(n) % 10
     accuracy, diversity = {}, {}
-    for scale in (0.0, 1.0, 2.0, 4.0, 8.0):
+    for scale in CLASSIFIER_SCALES:
         samples = draw(
             lambda x, y, s=scale: ddim.sample_ddim(
                 guidance.classifier_guided_eps(model, net, schedule, y, s), x, schedule,

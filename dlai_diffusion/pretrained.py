@@ -9,9 +9,6 @@ version, commit, parameter count and the quality measured on the shipped weights
 
 Every file is checked against its SHA-256 *before* it is parsed; a missing or altered file
 raises :class:`PretrainedError` naming the file and the command that rebuilds it.
-
-Some names share one network: ``ddpm-mnist`` is ``cfg-mnist`` called with its null label
-(classifier-free guidance's unconditional model), returned as a module ``model(x, t)``.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PretrainedError", "NullLabel", "available", "info", "load"]
+__all__ = ["PretrainedError", "available", "info", "load"]
 
 FORMAT = "dlai_diffusion.pretrained/1"
 MANIFEST = "manifest.json"
@@ -34,22 +31,6 @@ MANIFEST = "manifest.json"
 
 class PretrainedError(RuntimeError):
     """A course model cannot be loaded: its file is missing or fails its checksum."""
-
-
-class NullLabel(nn.Module):
-    """A class-conditional model ``net(x, t, y)`` called with its null label: the
-    unconditional model ``model(x, t)`` of classifier-free guidance (Ho & Salimans, 2021).
-
-    ``.net`` is the conditional network (shared, not copied)."""
-
-    def __init__(self, net: nn.Module, null_label: int):
-        super().__init__()
-        self.net = net
-        self.null_label = int(null_label)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        y = torch.full((x.shape[0],), self.null_label, dtype=torch.long, device=x.device)
-        return self.net(x, t, y)
 
 
 def folder() -> Path:
@@ -82,15 +63,8 @@ def _entry(name: str, manifest: Mapping[str, Any]) -> dict[str, Any]:
 def info(name: str) -> dict[str, Any]:
     """The record of ``name``: how it was trained (``recipe``, ``steps``, ``images_seen``,
     ``train_seconds``, ``device``, ``threads``, ``torch``, ``commit``, ``parameters``) and the
-    quality measured on the shipped weights (``quality``). A name that shares another's
-    network (``weights_of``) reports that network's training record with its own quality."""
-    manifest = _manifest()
-    entry = _entry(name, manifest)
-    if "weights_of" in entry:
-        base = _entry(entry["weights_of"], manifest)
-        base.pop("quality", None)
-        entry = {**base, **entry}
-    return entry
+    quality measured on the shipped weights (``quality``)."""
+    return _entry(name, _manifest())
 
 
 def sha256(path: Path) -> str:
@@ -131,8 +105,6 @@ def load(name: str, device: torch.device | str | None = None) -> nn.Module:
     tensors = read_weights(folder() / record["file"], record["sha256"], recipe.name)
     net = build_model(recipe)
     net.load_state_dict({k: v.float() for k, v in tensors.items()})
-    if record.get("wrapper") == "null-label":
-        net = NullLabel(net, net.n_classes)
     net.requires_grad_(False)
     return net.eval().to(best_device() if device is None else torch.device(device))
 

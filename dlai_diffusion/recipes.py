@@ -22,10 +22,10 @@ entries are sized to train within about 90 minutes on 2 CPU cores.
 ======================== ============================================================
 recipe                   what it trains
 ======================== ============================================================
+``ddpm-mnist``           unconditional DDPM noise model eps(x, t) (Ho et al., 2020:
+                         T = 1000, linear betas, eps-prediction, the simple loss)
 ``cfg-mnist``            class-conditional DDPM noise model eps(x, t, y) with label
-                         dropout (Ho & Salimans, 2021); its null label makes it the
-                         unconditional ``ddpm-mnist`` too (Ho et al., 2020: T = 1000,
-                         linear betas, eps-prediction)
+                         dropout (Ho & Salimans, 2021)
 ``noisy-classifier-mnist`` the noise-aware classifier p(y | x_t) of classifier guidance
                          (Dhariwal & Nichol, 2021)
 ``dsm`` ... ``flow``     the command line's models, one per lecture (see
@@ -47,7 +47,7 @@ from torch import nn
 
 __all__ = ["RECIPES", "Recipe", "build_model", "get", "make_data", "make_loss", "run"]
 
-COURSE_MODEL_KINDS = ("cfg", "noisy-classifier")
+COURSE_MODEL_KINDS = ("unconditional", "cfg", "noisy-classifier")
 """Kinds of the shipped course models (:func:`build_model`, :func:`make_loss`, :func:`run`)."""
 
 COMMAND_LINE_KINDS = ("dsm", "ebm", "ncsn", "ddpm", "dpm", "flow")
@@ -135,9 +135,27 @@ RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(
+            name="ddpm-mnist",
+            summary="unconditional DDPM eps-model (Ho et al., 2020: T = 1000, linear betas, "
+            "the simple loss)",
+            kind="unconditional",
+            data="mnist",
+            network=dict(preset="small"),
+            process=dict(schedule="linear", T=1000),
+            steps=6000,
+            batch_size=128,
+            lr=5e-4,
+            warmup_steps=200,
+            ema_decay=0.999,
+            grad_clip=1.0,
+            amp="bf16",
+            cuda=dict(network=dict(preset="base"), steps=40_000, lr=2e-4, ema_decay=0.9999,
+                      warmup_steps=1000),
+        ),
+        Recipe(
             name="cfg-mnist",
             summary="class-conditional DDPM eps-model with label dropout (classifier-free "
-            "guidance; its null label is the unconditional ddpm-mnist)",
+            "guidance)",
             kind="cfg",
             data="mnist",
             network=dict(preset="small", n_classes=10),
@@ -273,7 +291,7 @@ def build_model(recipe: Recipe) -> nn.Module:
     """The untrained network of a course-model ``recipe`` (weights from PyTorch's global
     RNG)."""
     _course_model(recipe)
-    if recipe.kind == "cfg":
+    if recipe.kind in ("unconditional", "cfg"):
         from .ddpm import ddpm_unet
 
         return ddpm_unet(_schedule(recipe), **recipe.network)
@@ -289,6 +307,14 @@ def make_loss(recipe: Recipe, device: torch.device | str = "cpu") -> Callable:
     """``loss(model, batch, generator)`` of ``recipe``; ``batch`` is ``(images, labels)``."""
     _course_model(recipe)
     schedule = _schedule(recipe).to(device)
+    if recipe.kind == "unconditional":
+        from .ddpm import simple_loss
+
+        def ddpm_loss(model, batch, generator):
+            x0, _ = batch
+            return simple_loss(model, schedule, x0, generator)
+
+        return ddpm_loss
     if recipe.kind == "cfg":
         from .guidance import conditional_simple_loss
 

@@ -1,7 +1,9 @@
 """Train a course model from its recipe, measure it, and ship its weights.
 
-    DLAI_DATA=../shared/data python scripts/pretrain.py cfg-mnist
-    python scripts/pretrain.py cfg-mnist --device cuda        # the recipe's GPU variant
+    DLAI_DATA=../shared/data python scripts/pretrain.py ddpm-mnist
+    python scripts/pretrain.py ddpm-mnist --device cuda       # the recipe's GPU variant
+
+The noisy classifier is measured guiding the shipped ``ddpm-mnist``, so train that first.
 
 ``NAME`` is an entry of ``dlai_diffusion.recipes.RECIPES``. The run trains on the full MNIST
 training set (``$DLAI_DATA/mnist/``), with checkpoints in ``--work`` (default
@@ -38,8 +40,8 @@ from dlai_diffusion.schedules import Schedule  # noqa: E402
 from dlai_diffusion.train import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
 
 PHASES = ("train", "evaluate", "export")
-SHARES = {"cfg-mnist": {"ddpm-mnist": "null-label"}}
-"""Names served by another recipe's network, and how (see dlai_diffusion.pretrained)."""
+GUIDED_MODEL = "ddpm-mnist"
+"""The shipped model that classifier guidance steers when the noisy classifier is measured."""
 
 
 def default_work(name: str, device: str) -> Path:
@@ -96,10 +98,12 @@ def evaluate_phase(recipe, work: Path, device: str, n: int, bf16: bool, subset: 
     schedule = _schedule(recipe, device)
     common = dict(device=device, bf16=bf16, seed=recipe.seed, subset=subset)
     start = time.time()
-    if recipe.kind == "cfg":
-        quality = evaluation.measure_cfg_model(net, schedule, n, ode_tol=ode_tol, **common)
+    if recipe.kind == "unconditional":
+        quality = evaluation.measure_ddpm_model(net, schedule, n, ode_tol=ode_tol, **common)
+    elif recipe.kind == "cfg":
+        quality = evaluation.measure_cfg_model(net, schedule, n, **common)
     else:
-        model = pretrained.load("ddpm-mnist", device)
+        model = pretrained.load(GUIDED_MODEL, device)
         quality = evaluation.measure_noisy_classifier(net, model, schedule, n, **common)
     for figures in quality.values():
         figures["evaluation_seconds"] = round(time.time() - start, 1)
@@ -139,9 +143,6 @@ def export_phase(recipe, work: Path, device: str) -> None:
         "quality": quality[recipe.name],
     }
     pretrained.write_record(recipe.name, record)
-    for name, wrapper in SHARES.get(recipe.name, {}).items():
-        pretrained.write_record(name, {"weights_of": recipe.name, "wrapper": wrapper,
-                                       "quality": quality[name]})
     print(f"wrote {pretrained.folder() / file} and its manifest entry")
 
 

@@ -25,8 +25,6 @@ def shelf(tmp_path, monkeypatch):
     record = {"file": "cfg-mnist.safetensors", "sha256": digest, "recipe": TINY.as_dict(),
               "quality": {"fid": 1.0}}
     pretrained.write_record("cfg-mnist", record)
-    pretrained.write_record("ddpm-mnist", {"weights_of": "cfg-mnist", "wrapper": "null-label",
-                                           "quality": {"fid": 2.0}})
     return tmp_path, net
 
 
@@ -40,15 +38,10 @@ def test_load_returns_the_half_precision_weights_ready_to_sample(shelf):
     assert not torch.equal(net.eval()(x, t, y), expected)  # the rounding is real
 
 
-def test_shared_network_is_called_with_its_null_label(shelf):
-    model = pretrained.load("ddpm-mnist", device="cpu")
-    base = pretrained.load("cfg-mnist", device="cpu")
-    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 900])
-    assert torch.equal(model(x, t), base(x, t, torch.tensor([10, 10])))
-    record = pretrained.info("ddpm-mnist")
-    assert record["quality"] == {"fid": 2.0} and record["sha256"] == pretrained.info(
-        "cfg-mnist")["sha256"]
-    assert pretrained.available() == ["cfg-mnist", "ddpm-mnist"]
+def test_info_is_the_manifest_record(shelf):
+    record = pretrained.info("cfg-mnist")
+    assert record["quality"] == {"fid": 1.0} and record["recipe"] == TINY.as_dict()
+    assert pretrained.available() == ["cfg-mnist"]
 
 
 def test_a_changed_byte_fails_the_checksum_before_parsing(shelf):
@@ -66,7 +59,7 @@ def test_a_missing_file_names_the_file_and_the_command(shelf):
     folder, _ = shelf
     (folder / "cfg-mnist.safetensors").unlink()
     with pytest.raises(pretrained.PretrainedError, match="missing.*scripts/pretrain.py cfg-mnist"):
-        pretrained.load("ddpm-mnist")
+        pretrained.load("cfg-mnist")
 
 
 def test_unknown_names_are_refused(shelf):
@@ -107,11 +100,12 @@ def test_recipes_are_plain_data_and_checked():
 
 def test_shipped_models_match_their_manifest_and_stay_small():
     names = pretrained.available()
-    assert {"cfg-mnist", "ddpm-mnist"} <= set(names)  # what this release ships
+    assert {"cfg-mnist"} <= set(names)  # what this release ships
     total = 0
     for name in names:
         record = pretrained.info(name)
         path = pretrained.folder() / record["file"]
         assert pretrained.sha256(path) == record["sha256"], name
-        total += 0 if "weights_of" in record else path.stat().st_size
+        assert record["recipe"] == recipes.get(name).as_dict(), name  # traceable to its recipe
+        total += path.stat().st_size
     assert total <= 25 * 2**20
