@@ -28,6 +28,8 @@ recipe                   what it trains
                          dropout (Ho & Salimans, 2021)
 ``noisy-classifier-mnist`` the noise-aware classifier p(y | x_t) of classifier guidance
                          (Dhariwal & Nichol, 2021)
+``flow-mnist``           velocity v(x, t) of conditional flow matching on the linear path
+                         (rectified flow; Lipman et al., 2023; Liu et al., 2023)
 ``dsm`` ... ``flow``     the command line's models, one per lecture (see
                          :data:`COMMAND_LINE_KINDS`)
 ======================== ============================================================
@@ -47,7 +49,7 @@ from torch import nn
 
 __all__ = ["RECIPES", "Recipe", "build_model", "get", "make_data", "make_loss", "run"]
 
-COURSE_MODEL_KINDS = ("unconditional", "cfg", "noisy-classifier")
+COURSE_MODEL_KINDS = ("unconditional", "cfg", "noisy-classifier", "flow-matching")
 """Kinds of the shipped course models (:func:`build_model`, :func:`make_loss`, :func:`run`)."""
 
 COMMAND_LINE_KINDS = ("dsm", "ebm", "ncsn", "ddpm", "dpm", "flow")
@@ -131,6 +133,13 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+_MNIST_UNET_TRAINING = dict(data="mnist", steps=6000, batch_size=128, lr=5e-4, warmup_steps=200,
+                            ema_decay=0.999, grad_clip=1.0, amp="bf16")
+"""How the course's 1M-parameter MNIST U-Nets train on a CPU: about 100 minutes on 2 cores."""
+
+_GPU_TRAINING = dict(steps=40_000, lr=2e-4, ema_decay=0.9999, warmup_steps=1000)
+"""Their GPU overrides (with the ``base`` network)."""
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -139,36 +148,20 @@ RECIPES: dict[str, Recipe] = {
             summary="unconditional DDPM eps-model (Ho et al., 2020: T = 1000, linear betas, "
             "the simple loss)",
             kind="unconditional",
-            data="mnist",
             network=dict(preset="small"),
             process=dict(schedule="linear", T=1000),
-            steps=6000,
-            batch_size=128,
-            lr=5e-4,
-            warmup_steps=200,
-            ema_decay=0.999,
-            grad_clip=1.0,
-            amp="bf16",
-            cuda=dict(network=dict(preset="base"), steps=40_000, lr=2e-4, ema_decay=0.9999,
-                      warmup_steps=1000),
+            **_MNIST_UNET_TRAINING,
+            cuda=_GPU_TRAINING | dict(network=dict(preset="base")),
         ),
         Recipe(
             name="cfg-mnist",
             summary="class-conditional DDPM eps-model with label dropout (classifier-free "
             "guidance)",
             kind="cfg",
-            data="mnist",
             network=dict(preset="small", n_classes=10),
             process=dict(schedule="linear", T=1000, p_uncond=0.2),
-            steps=6000,
-            batch_size=128,
-            lr=5e-4,
-            warmup_steps=200,
-            ema_decay=0.999,
-            grad_clip=1.0,
-            amp="bf16",
-            cuda=dict(network=dict(preset="base", n_classes=10), steps=40_000, lr=2e-4,
-                      ema_decay=0.9999, warmup_steps=1000),
+            **_MNIST_UNET_TRAINING,
+            cuda=_GPU_TRAINING | dict(network=dict(preset="base", n_classes=10)),
         ),
         # the command line's models (lectures 03-11); "auto": the default for 2D or images
         Recipe(
@@ -262,6 +255,16 @@ RECIPES: dict[str, Recipe] = {
             grad_clip=1.0,
             amp="bf16",
         ),
+        Recipe(
+            name="flow-mnist",
+            summary="rectified flow: conditional flow matching on the linear path from N(0, I) "
+            "to the data, the U-Net of ddpm-mnist as velocity",
+            kind="flow-matching",
+            network=dict(preset="small"),
+            process=dict(sigma_min=0.0),
+            **_MNIST_UNET_TRAINING,
+            cuda=_GPU_TRAINING | dict(network=dict(preset="base")),
+        ),
     )
 }
 
@@ -274,6 +277,7 @@ def get(name: str) -> Recipe:
 
 
 def _schedule(recipe: Recipe):
+    """The DDPM schedule of a recipe whose process names one (``schedule``, ``T``)."""
     from .schedules import Schedule
 
     return Schedule.named(recipe.process["schedule"], recipe.process["T"])
@@ -300,12 +304,26 @@ def build_model(recipe: Recipe) -> nn.Module:
 
         schedule = _schedule(recipe)
         return NoisyClassifier(10, 1, time_scale=1000.0 / schedule.T, **recipe.network)
+    if recipe.kind == "flow-matching":
+        from .flow_matching import flow_unet
+
+        return flow_unet(**recipe.network)
     raise AssertionError(recipe.kind)  # unreachable: Recipe checks kind
 
 
 def make_loss(recipe: Recipe, device: torch.device | str = "cpu") -> Callable:
     """``loss(model, batch, generator)`` of ``recipe``; ``batch`` is ``(images, labels)``."""
     _course_model(recipe)
+    if recipe.kind == "flow-matching":
+        from .flow_matching import flow_matching_loss
+
+        sigma_min = recipe.process["sigma_min"]
+
+        def flow_loss(model, batch, generator):
+            x1, _ = batch
+            return flow_matching_loss(model, x1, generator, sigma_min=sigma_min)
+
+        return flow_loss
     schedule = _schedule(recipe).to(device)
     if recipe.kind == "unconditional":
         from .ddpm import simple_loss

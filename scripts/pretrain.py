@@ -3,7 +3,8 @@
     DLAI_DATA=../shared/data python scripts/pretrain.py ddpm-mnist
     python scripts/pretrain.py ddpm-mnist --device cuda       # the recipe's GPU variant
 
-The noisy classifier is measured guiding the shipped ``ddpm-mnist``, so train that first.
+The noisy classifier is measured guiding the shipped ``ddpm-mnist``, and ``flow-mnist`` against
+it, so train that first.
 
 ``NAME`` is an entry of ``dlai_diffusion.recipes.RECIPES``. The run trains on the full MNIST
 training set (``$DLAI_DATA/mnist/``), with checkpoints in ``--work`` (default
@@ -41,7 +42,8 @@ from dlai_diffusion.train import CHECKPOINT_NAME, load_checkpoint  # noqa: E402
 
 PHASES = ("train", "evaluate", "export")
 GUIDED_MODEL = "ddpm-mnist"
-"""The shipped model that classifier guidance steers when the noisy classifier is measured."""
+"""The shipped DDPM model that the noisy classifier guides, and that flow-mnist is compared
+with at equal network evaluations: train it first."""
 
 
 def default_work(name: str, device: str) -> Path:
@@ -95,16 +97,22 @@ def _schedule(recipe: recipes.Recipe, device: str) -> Schedule:
 def evaluate_phase(recipe, work: Path, device: str, n: int, bf16: bool, subset: bool,
                    ode_tol: float) -> None:
     net, _ = trained_network(recipe, work, device)
-    schedule = _schedule(recipe, device)
     common = dict(device=device, bf16=bf16, seed=recipe.seed, subset=subset)
     start = time.time()
-    if recipe.kind == "unconditional":
-        quality = evaluation.measure_ddpm_model(net, schedule, n, ode_tol=ode_tol, **common)
+    if recipe.kind == "flow-matching":
+        ddpm_model = pretrained.load(GUIDED_MODEL, device)
+        quality = evaluation.measure_flow_model(
+            net, n, ddpm_model=ddpm_model, schedule=_schedule(recipes.get(GUIDED_MODEL), device),
+            **common)
+    elif recipe.kind == "unconditional":
+        quality = evaluation.measure_ddpm_model(net, _schedule(recipe, device), n,
+                                                ode_tol=ode_tol, **common)
     elif recipe.kind == "cfg":
-        quality = evaluation.measure_cfg_model(net, schedule, n, **common)
+        quality = evaluation.measure_cfg_model(net, _schedule(recipe, device), n, **common)
     else:
         model = pretrained.load(GUIDED_MODEL, device)
-        quality = evaluation.measure_noisy_classifier(net, model, schedule, n, **common)
+        quality = evaluation.measure_noisy_classifier(net, model, _schedule(recipe, device), n,
+                                                      **common)
     for figures in quality.values():
         figures["evaluation_seconds"] = round(time.time() - start, 1)
     (work / "quality.json").write_text(json.dumps(recipes.json_ready(quality), indent=1))

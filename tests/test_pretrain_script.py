@@ -33,7 +33,9 @@ def test_pretrain_trains_measures_and_ships_tiny_models(tmp_path, monkeypatch):
     classifier = dataclasses.replace(
         recipes.get("noisy-classifier-mnist"), network=dict(channels=8),
         process=dict(schedule="linear", T=25), **small)
+    flow = dataclasses.replace(recipes.get("flow-mnist"), network=dict(preset="tiny"), **small)
     monkeypatch.setitem(recipes.RECIPES, "ddpm-mnist", ddpm)
+    monkeypatch.setitem(recipes.RECIPES, "flow-mnist", flow)
     monkeypatch.setitem(recipes.RECIPES, "cfg-mnist", cfg)
     monkeypatch.setitem(recipes.RECIPES, "noisy-classifier-mnist", classifier)
     shelf = tmp_path / "shelf"
@@ -49,10 +51,12 @@ def test_pretrain_trains_measures_and_ships_tiny_models(tmp_path, monkeypatch):
         script.main(["ddpm-mnist", "--work", str(tmp_path / "a"), *common])  # resumes, ships
         script.main(["cfg-mnist", "--work", str(tmp_path / "c"), *common])
         script.main(["noisy-classifier-mnist", "--work", str(tmp_path / "b"), *common])
+        script.main(["flow-mnist", "--work", str(tmp_path / "d"), *common])
     finally:
         torch.set_num_threads(threads)
 
-    assert pretrained.available() == ["cfg-mnist", "ddpm-mnist", "noisy-classifier-mnist"]
+    assert pretrained.available() == ["cfg-mnist", "ddpm-mnist", "flow-mnist",
+                                      "noisy-classifier-mnist"]
     record = pretrained.info("ddpm-mnist")
     assert record["steps"] == 4 and record["images_seen"] == 32 and record["device"] == "cpu"
     assert record["recipe"] == ddpm.as_dict() and len(record["train_sessions"]) == 2
@@ -66,6 +70,10 @@ def test_pretrain_trains_measures_and_ships_tiny_models(tmp_path, monkeypatch):
     guided = pretrained.info("noisy-classifier-mnist")["quality"]
     assert guided["clean_test_digits"] == 1000 and 0 <= guided["best_accuracy"] <= 1
     assert guided["guided_model"] == "ddpm-mnist" and len(guided["guided_accuracy"]) == 6
+    flow_quality = pretrained.info("flow-mnist")["quality"]
+    assert set(flow_quality["fid_euler"]) == {"1", "2", "4", "8", "16"}
+    assert set(flow_quality["fid_ddim_same_evaluations"]) == set(flow_quality["fid_euler"])
+    assert flow_quality["heun_evaluations"] == 40 and flow_quality["fid_heun"] > 0
     model = pretrained.load("ddpm-mnist", "cpu")
     x = torch.randn(2, 1, 28, 28)
     assert model(x, torch.tensor([0, 24])).shape == x.shape

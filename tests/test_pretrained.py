@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -109,3 +110,14 @@ def test_shipped_models_match_their_manifest_and_stay_small():
         assert record["recipe"] == recipes.get(name).as_dict(), name  # traceable to its recipe
         total += path.stat().st_size
     assert total <= 25 * 2**20
+
+
+@pytest.mark.parametrize("name", ["ddpm-mnist", "flow-mnist"])
+def test_every_course_recipe_builds_and_its_loss_trains(name, tmp_path):
+    small = dataclasses.replace(recipes.get(name), network=dict(preset="tiny"), steps=3,
+                                batch_size=4)
+    _, result = recipes.run(small, tmp_path, subset=True, progress=False)
+    assert result.steps == 3 and all(math.isfinite(v) for v in result.losses)
+    untrained = recipes.build_model(small)
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([0.1, 0.9] if name == "flow-mnist" else [1, 999])
+    assert untrained(x, t).shape == x.shape
