@@ -33,6 +33,26 @@ the energy, closer to the implicit generator x = argmin E(x) of Eq. 20 than to a
 p_theta. Clipping the gradient and clamping x to the data range change the chain further.
 This is what works for training image EBMs; in 2D the course uses the untempered chain.
 
+Choosing the step of the untempered chain (2D). Two rules, both read off one quadratic well
+E = lambda u^2 / 2 across a thin feature (lambda the curvature, lambda_max of the Hessian of
+E): the chain u <- (1 - step_size lambda) u + sqrt(2 step_size) z is stationary with variance
+2 step_size / (step_size lambda (2 - step_size lambda)).
+
+- Stability: the variance is finite only while step_size * lambda_max < 2; at 2 and beyond
+  the chain is thrown off the well. Keep a margin: step_size * lambda_max well below 2.
+- Resolution: for every lambda the variance is at least 2 step_size (the minimum, at
+  step_size lambda = 1): the chain cannot produce a spread narrower than sqrt(2 step_size).
+  Choose step_size <= sigma^2 / 2 for the data's thinnest feature sigma. For such a well,
+  step_size lambda = 1 - sqrt(1 - 2 step_size / sigma^2) <= 1 reproduces the width sigma.
+
+Beyond the resolution limit contrastive divergence cannot win: the negatives are always wider
+than the data, so it keeps sharpening the energy at the data until step_size * lambda_max
+passes 2; the chains then become unstable at the data, the negatives are thrown off the walls,
+and the loss settles at its separated optimum E(x+) = -1 / (2 alpha), E(x-) = +1 / (2 alpha).
+This is what step_size = 0.004 (sqrt(2 step_size) = 0.089) did on moons and the swiss roll
+(noise 0.05); the command line's 2D default is step_size = 0.001 (sqrt(2 step_size) = 0.045)
+with 40 steps per training step and 1% fresh starts (``runs._EBM_AUTO``).
+
 State and checkpoints. The replay buffer is part of the training state: :class:`EBM` keeps it
 as a registered buffer of the module, so ``model.to(device)`` moves it and ``state_dict()``
 (hence every checkpoint of :func:`~dlai_diffusion.train.train`) saves it; a resumed run
@@ -147,6 +167,11 @@ def energy_langevin_step(
     with lambda = 2 step_size (:func:`dlai_diffusion.langevin.langevin_step` on the score
     -grad E). A smaller ``noise_scale`` gives a tempered chain (see the module docstring);
     ``noise_scale=0`` is plain gradient descent on E.
+
+    Choosing ``step_size`` for the untempered chain (derived in the module docstring): its
+    noise sets a resolution, no stationary spread narrower than sqrt(2 step_size), so take
+    step_size <= sigma^2 / 2 for the thinnest feature sigma of the data; and it is stable only
+    while step_size * lambda_max(Hessian of E) < 2, so keep a margin below 2.
 
     Args:
         energy_fn: maps a batch (N, ...) to energies (N,); differentiated with autograd (also
@@ -385,13 +410,21 @@ class ContrastiveDivergence:
     bounds), push the results back into the buffer, and return
     :func:`contrastive_divergence_loss` of the data batch (positives) and these negatives,
     with the mean energies as logs. The defaults are Du & Mordatch's image settings; for 2D
-    data use the untempered chain (``noise_scale=None``) with a small step.
+    data use the untempered chain (``noise_scale=None``) with a step that resolves the data's
+    thinnest feature sigma, step_size <= sigma^2 / 2, and keeps step_size * lambda_max of the
+    energy's Hessian below 2 (see the module docstring): on the toy sets (noise 0.05),
+    step_size = 0.001 with 40 steps per training step, the command line's 2D default. A larger
+    step (0.004 on moons; 0.01, sqrt(2 step_size) = 0.14, even on 8 Gaussians of width 0.1)
+    cannot make negatives as thin as the data, and contrastive divergence then sharpens the
+    energy until the chain is unstable.
     ::
 
-        model = EBM(nets.EnergyMLP(2), ReplayBuffer((2,), bounds=(-3, 3)))
-        cd = ContrastiveDivergence(n_steps=20, step_size=0.01, noise_scale=None, grad_clip=None)
+        model = EBM(nets.EnergyMLP(2), ReplayBuffer((2,), 50_000, reinit_prob=0.01, bounds=(-3, 3)))
+        cd = ContrastiveDivergence(n_steps=40, step_size=0.001, noise_scale=None, grad_clip=None,
+                                   alpha=0.01)
         train(model, cd, random_batches(x, batch_size=256), steps=2000, generator=g)
-        samples = cd.sample(model, 1000, n_steps=500, generator=g)   # fresh chains
+        samples = cd.sample(model, 1000, generator=g, from_buffer=True)  # persistent chains
+        fresh = cd.sample(model, 1000, n_steps=2000, generator=g)        # from noise
 
     Attributes:
         n_steps: Langevin steps per training step (Du & Mordatch: 60).

@@ -184,7 +184,7 @@ RECIPES: dict[str, Recipe] = {
             data="8gaussians",
             network=dict(hidden=128, channels=32),
             process=dict(n_steps="auto", step_size="auto", noise_scale="auto", grad_clip="auto",
-                         alpha="auto", capacity="auto", reinit_prob=0.05, sample_steps=100,
+                         alpha="auto", capacity="auto", reinit_prob="auto", sample_steps=100,
                          sample_from="buffer"),
             steps=1500,
             batch_size=256,

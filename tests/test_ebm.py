@@ -297,3 +297,87 @@ def test_the_cli_model_on_mnist_uses_the_image_recipe(tmp_path):
         0.01,
         1.0,
     )
+
+
+def test_the_image_recipe_keeps_du_and_mordatchs_restart_rate():
+    options = runs.get_model("ebm").options
+    assert options["reinit_prob"] == "auto"
+    assert runs._ebm_options(options, is_image=True)["reinit_prob"] == 0.05
+    assert runs._ebm_options(options, is_image=False)["reinit_prob"] == 0.01
+
+
+# --------------------------------------------------------------------------- the 2D step
+
+
+def _thinnest_feature(name: str) -> float:
+    """The width of the thinnest feature of a 2D toy: its noise, or the modes' std."""
+    import inspect
+
+    from dlai_diffusion import toy
+
+    if name == "8gaussians":
+        return inspect.signature(toy.eight_gaussians).parameters["std"].default
+    return inspect.signature(toy.DATASETS[name]).parameters["noise"].default
+
+
+@pytest.mark.parametrize("name", ["moons", "swiss_roll", "8gaussians"])
+def test_the_2d_default_step_resolves_the_thinnest_feature_of_the_toys(name):
+    """The untempered chain's noise sets a resolution sqrt(2 step_size): step <= sigma^2 / 2."""
+    auto = runs._EBM_AUTO["2d"]
+    sigma = _thinnest_feature(name)
+    assert auto["noise_scale"] is None  # untempered: noise sqrt(2 step_size)
+    assert math.sqrt(2 * auto["step_size"]) < sigma, (name, sigma, auto["step_size"])
+    assert auto["step_size"] <= sigma**2 / 2
+    assert runs.get_model("ebm").options["step_size"] == "auto"  # the command line's default
+
+
+class _Well(torch.nn.Module):
+    """E(u) = theta u^2 / 2 across a thin feature, theta = exp(log_theta) > 0 learned."""
+
+    def __init__(self, theta: float):
+        super().__init__()
+        self.log_theta = torch.nn.Parameter(torch.tensor(math.log(theta), dtype=DTYPE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self.log_theta.exp() * x[:, 0] ** 2
+
+
+def _train_a_thin_well(n_steps: int, step_size: float, sigma: float = 0.05, steps: int = 120):
+    """Contrastive divergence on data N(0, sigma^2) with the learned curvature theta of _Well,
+    started at the exact theta = 1 / sigma^2: returns step_size * theta and the negatives'
+    std after each training step."""
+    torch.manual_seed(0)
+    model = ebm.EBM(
+        _Well(1 / sigma**2), ebm.ReplayBuffer((1,), 2048, 0.0, (-3.0, 3.0), dtype=DTYPE)
+    )
+    cd = ebm.ContrastiveDivergence(
+        n_steps=n_steps, step_size=step_size, noise_scale=None, grad_clip=None, alpha=0.01
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    g = gen(4)
+    margins, spreads = [], []
+    for _ in range(steps):
+        data = sigma * torch.randn(512, 1, generator=g, dtype=DTYPE)
+        loss, _ = cd(model, data, g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        margins.append(step_size * model.energy.log_theta.exp().item())
+        spreads.append(model.buffer.recent(512).std().item())
+    return margins, spreads
+
+
+def test_the_default_chain_holds_a_thin_feature_where_the_former_step_runs_away():
+    """On a well as thin as moons' noise (sigma = 0.05) the former 2D step 0.004 cannot make
+    negatives that thin (sqrt(2 * 0.004) = 0.089): contrastive divergence sharpens the well
+    up to the chain's stability limit step * theta = 2 (where the regulariser holds this
+    one-parameter energy), and the negatives stay several times wider than the data. The
+    default step settles with step * theta < 1 and negatives as wide as the data."""
+    sigma = 0.05
+    auto = runs._EBM_AUTO["2d"]
+    margins, spreads = _train_a_thin_well(auto["n_steps"], auto["step_size"], sigma)
+    assert max(margins) < 1 and margins[-1] < 1, margins[-10:]
+    assert all(0.8 * sigma < s < 1.25 * sigma for s in spreads[-40:]), spreads[-40:]
+    margins, spreads = _train_a_thin_well(20, 0.004, sigma)
+    assert max(margins) > 1.9 and min(margins[-40:]) > 1.8, margins[-40:]
+    assert min(spreads[-40:]) > 2 * sigma, spreads[-40:]
